@@ -1,0 +1,1 @@
+"""Sub-commands of `fdhclean`, discovered by `fdhclean.cli` (one module per command)."""

@@ -1,0 +1,1 @@
+"""Sub-commands of `triagan`, discovered by `triagan_model.cli` (one module per command)."""
