@@ -1,0 +1,181 @@
+"""Decode and encode the members of one FDH sample (shared docs `fdh-format.md`).
+
+Every decoder takes the raw member bytes and returns a numpy array in one fixed layout, whatever
+storage variant the shard used (masks 0/1 or 0/255, vertices (H, W) or (1, H, W) in any integer
+dtype). Anything else is a ValueError, so a caller can turn it into a per-sample error code.
+`.npy` members are loaded with `allow_pickle=False`: a shard must never run code.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fdhclean.fdh import (
+    IMAGE_H,
+    IMAGE_W,
+    NUM_KEYPOINTS,
+    PIXEL_UNITS_THRESHOLD,
+    UNITS_NORMALIZED,
+    UNITS_PIXELS,
+)
+
+FDH_SHAPE: tuple[int, int] = (IMAGE_H, IMAGE_W)
+KEYPOINTS_SHAPE: tuple[int, int] = (NUM_KEYPOINTS, 3)
+UNITS: tuple[str, ...] = (UNITS_NORMALIZED, UNITS_PIXELS)
+
+__all__ = [
+    "FDH_SHAPE",
+    "KEYPOINTS_SHAPE",
+    "UNITS",
+    "decode_image",
+    "decode_keypoints",
+    "decode_mask",
+    "decode_npy",
+    "decode_vertices",
+    "detect_units",
+    "encode_npy",
+    "encode_png",
+    "from_normalized",
+    "to_normalized",
+]
+
+
+def _open_png(data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"undecodable image ({len(data)} bytes): {exc}") from exc
+    return image
+
+
+def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...] | None) -> None:
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise ValueError(f"{what} has shape {tuple(shape)}, expected {tuple(expected)}")
+
+
+def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
+    """`image.png` -> uint8 (H, W, 3) RGB. `shape=None` accepts any size (resampled copies)."""
+    image = _open_png(data)
+    if image.mode != "RGB":
+        # Grey or palette PNGs are still images; alpha would be silently dropped, so refuse it.
+        if "A" in image.getbands() or image.mode in ("I", "I;16", "F"):
+            raise ValueError(f"image has mode {image.mode!r}, expected RGB")
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.uint8)
+    expected = None if shape is None else (*shape, 3)
+    _check_shape("image", array.shape, expected)
+    return array
+
+
+def decode_mask(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
+    """A 1-channel mask PNG -> bool (H, W), `value > 0` (stored 0/1 or 0/255, fdh-format.md)."""
+    image = _open_png(data)
+    if len(image.getbands()) != 1:
+        raise ValueError(f"mask has mode {image.mode!r}, expected a 1-channel PNG")
+    if image.mode == "P":
+        # A palette index is not a value: read what the palette says (still 1 channel).
+        image = image.convert("L")
+    array = np.asarray(image)
+    _check_shape("mask", array.shape, shape)
+    return array > 0
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """Load one `.npy` member without pickle; ValueError when it is not a plain array."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"undecodable .npy ({len(data)} bytes): {exc}") from exc
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"expected one .npy array, got {type(array).__name__}")
+    return array
+
+
+def decode_vertices(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
+    """`vertices.npy` -> int32 (H, W) CSE vertex ids; (1, H, W) and any integer dtype accepted."""
+    array = decode_npy(data)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"vertices have shape {array.shape}, expected (H, W) or (1, H, W)")
+    _check_shape("vertices", array.shape, shape)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"vertices have dtype {array.dtype}, expected an integer dtype")
+    info = np.iinfo(np.int32)
+    if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+        raise ValueError(f"vertex ids outside the int32 range (dtype {array.dtype})")
+    return array.astype(np.int32, copy=False)
+
+
+def decode_keypoints(data: bytes) -> np.ndarray:
+    """`keypoints.npy` -> the stored (17, 3) array unchanged (dtype kept for writing back)."""
+    array = decode_npy(data)
+    _check_shape("keypoints", array.shape, KEYPOINTS_SHAPE)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"keypoints have dtype {array.dtype}, expected a numeric dtype")
+    return array
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """`np.save` to bytes (no pickle), the inverse of `decode_npy`."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 (H, W) or (H, W, 3) array -> PNG bytes (bool masks are stored 0/1)."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"cannot encode {array.dtype} {array.shape} as PNG (uint8 2-D or 3-D)")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_units(units: str) -> None:
+    if units not in UNITS:
+        raise ValueError(f"unknown keypoint units {units!r}, expected one of {UNITS}")
+
+
+def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:
+    """Units of a shard's keypoints: pixels when any finite |x| or |y| exceeds the threshold.
+
+    fdh-format.md: the reference loader reads x/W, y/H, a copy script implies pixels; the
+    threshold (1.5) leaves room for normalised points slightly outside the crop.
+    """
+    for kp in keypoint_arrays:
+        xy = np.abs(np.asarray(kp, dtype=np.float64)[..., :2])
+        finite = xy[np.isfinite(xy)]
+        if finite.size and float(finite.max()) > PIXEL_UNITS_THRESHOLD:
+            return UNITS_PIXELS
+    return UNITS_NORMALIZED
+
+
+def to_normalized(kp: np.ndarray, units: str) -> np.ndarray:
+    """float64 copy with x/W, y/H when `units` is pixels; v is never touched."""
+    _check_units(units)
+    out = np.array(kp, dtype=np.float64, copy=True)
+    if units == UNITS_PIXELS:
+        out[..., 0] /= IMAGE_W
+        out[..., 1] /= IMAGE_H
+    return out
+
+
+def from_normalized(kp: np.ndarray, units: str, dtype: np.dtype | type) -> np.ndarray:
+    """Inverse of `to_normalized`: back to `units` and `dtype` (the input's, refine-spec 6)."""
+    _check_units(units)
+    out = np.array(kp, dtype=np.float64, copy=True)
+    if units == UNITS_PIXELS:
+        out[..., 0] *= IMAGE_W
+        out[..., 1] *= IMAGE_H
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        out = np.rint(out)  # integer storage: round, never truncate towards zero
+    return out.astype(dtype)

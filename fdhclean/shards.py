@@ -1,0 +1,393 @@
+"""FDH webdataset shards: read samples, write them back byte for byte, split work by rank.
+
+A shard is the unit of work, output and resume (style.md point 4). Reading keeps each member
+under its name *exactly as stored* (webdataset lowercases suffixes, so `E_mask.png` would come
+back as `e_mask.png`); writing produces deterministic tar headers, so the same samples always
+give the same bytes (refine-spec section 6), and goes through a temporary name in the target
+directory that is renamed only after a clean close: a crash never leaves a partial shard.
+Member decoding lives in `fdhclean.decode` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from fdhclean.decode import (  # noqa: F401  (re-exported: one import site for shard users)
+    FDH_SHAPE,
+    KEYPOINTS_SHAPE,
+    UNITS,
+    decode_image,
+    decode_keypoints,
+    decode_mask,
+    decode_npy,
+    decode_vertices,
+    detect_units,
+    encode_npy,
+    encode_png,
+    from_normalized,
+    to_normalized,
+)
+
+T = TypeVar("T")
+
+SHARD_PATTERN = "out-%06d.tar"
+SHARD_NAME_RE = re.compile(r"^out-\d{6,}\.tar$")
+BLOCK = tarfile.BLOCKSIZE
+# PAX is POSIX, the default of Python's tarfile (and so of webdataset's TarWriter), and adds an
+# extended header only when a field does not fit ustar; with the fixed fields below it is
+# byte-for-byte deterministic.
+TAR_FORMAT = tarfile.PAX_FORMAT
+
+
+class ShardReadError(Exception):
+    """A shard cannot be read (missing, truncated, corrupt, or not FDH-shaped)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read shard {self.path}: {reason}")
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """`dir/123.E_mask.png` -> (`dir/123`, `E_mask.png`): the key ends at the basename's first dot.
+
+    Same rule as webdataset's `base_plus_ext`, but the suffix keeps its case. None when the
+    basename has no dot (no suffix).
+    """
+    head, _, base = name.rpartition("/")
+    stem, dot, suffix = base.partition(".")
+    if not dot or not stem or not suffix:
+        return None
+    return (f"{head}/{stem}" if head else stem), suffix
+
+
+@dataclass
+class RawSample:
+    """One sample as stored: its key, where it came from, and its undecoded members."""
+
+    key: str
+    shard: str
+    index: int
+    members: dict[str, bytes] = field(default_factory=dict)
+
+    def find(self, suffix: str) -> str | None:
+        """The stored suffix equal to `suffix` ignoring case (`e_mask.png` -> `E_mask.png`)."""
+        if suffix in self.members:
+            return suffix
+        wanted = suffix.lower()
+        for stored in self.members:
+            if stored.lower() == wanted:
+                return stored
+        return None
+
+    def get(self, suffix: str) -> bytes:
+        """Raw bytes of a member looked up case-insensitively; KeyError names what is missing."""
+        stored = self.find(suffix)
+        if stored is None:
+            raise KeyError(
+                f"sample {self.key} (index {self.index}) of shard {self.shard} has no member "
+                f"{suffix!r} (members: {', '.join(self.members)})"
+            )
+        return self.members[stored]
+
+
+def _check_end_of_archive(path: Path, offset: int) -> None:
+    """tarfile stops silently at a truncated or corrupt header; a complete tar ends in zeros."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(BLOCK)
+    if len(block) < BLOCK:
+        raise ShardReadError(path, f"truncated: no end-of-archive marker at byte {offset}")
+    if block.count(0) != BLOCK:
+        raise ShardReadError(path, f"corrupt tar header at byte {offset}")
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def iter_shard(path: str | Path) -> Iterator[RawSample]:
+    """Stream the samples of one shard in tar order (members of a sample are consecutive).
+
+    Raises ShardReadError naming the shard on a missing, truncated or corrupt file, a member
+    without a suffix, a suffix repeated (ignoring case) within one sample, or a sample whose
+    members are not consecutive. The last sample is yielded only after the end-of-archive
+    check, but earlier ones are already out: a caller must treat the whole shard as failed.
+    """
+    path = Path(path)
+    current: RawSample | None = None
+    lowered: set[str] = set()
+    keys: set[str] = set()
+    with _open_tar(path) as tar:
+        while True:
+            try:
+                info = tar.next()
+                if info is None:
+                    end = tar.offset
+                    break
+                if not info.isfile():
+                    continue  # directories and links carry no sample data (webdataset agrees)
+                handle = tar.extractfile(info)
+                data = handle.read() if handle is not None else b""
+            except (OSError, EOFError, tarfile.TarError) as exc:
+                raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+            if len(data) != info.size:
+                raise ShardReadError(path, f"member {info.name} truncated")
+            parts = split_member_name(info.name)
+            if parts is None:
+                raise ShardReadError(path, f"member {info.name!r} has no '<key>.<suffix>' name")
+            key, suffix = parts
+            if current is None or key != current.key:
+                if key in keys:
+                    raise ShardReadError(path, f"members of sample {key} are not consecutive")
+                keys.add(key)
+                if current is not None:
+                    yield current
+                index = 0 if current is None else current.index + 1
+                current = RawSample(key=key, shard=path.name, index=index)
+                lowered = set()
+            if suffix.lower() in lowered:
+                raise ShardReadError(path, f"sample {key} repeats member {suffix!r}")
+            lowered.add(suffix.lower())
+            current.members[suffix] = data
+    _check_end_of_archive(path, end)
+    if current is not None:
+        yield current
+
+
+def read_shard(path: str | Path) -> list[RawSample]:
+    """All samples of one shard (see `iter_shard`)."""
+    return list(iter_shard(path))
+
+
+def count_samples(path: str | Path) -> int:
+    """Number of samples in a shard, reading only the tar headers (data blocks are skipped)."""
+    path = Path(path)
+    count, last = 0, None
+    try:
+        with _open_tar(path) as tar:
+            for info in tar:
+                parts = split_member_name(info.name) if info.isfile() else None
+                if parts is not None and parts[0] != last:
+                    count, last = count + 1, parts[0]
+            end = tar.offset
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    _check_end_of_archive(path, end)
+    return count
+
+
+def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Write one shard atomically with deterministic headers.
+
+    Samples go to a temporary file in the target directory; a clean `close()` (or `with` exit)
+    fsyncs it and renames it to `path`; an exception (or `abort()`) removes it, so `path` is
+    either the previous file or the complete new shard, never a partial one.
+    """
+
+    def __init__(self, path: str | Path, *, mtime: int = 0) -> None:
+        self.path = Path(path)
+        self.mtime = int(mtime)
+        self.samples = 0
+        self._keys: set[str] = set()
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        self.tmp_path = Path(tmp)
+        self._file: io.BufferedWriter | None = os.fdopen(fd, "wb")
+        # Lives as long as the writer (closed in close/abort), hence no `with` block here.
+        self._tar: tarfile.TarFile | None = tarfile.open(  # noqa: SIM115
+            fileobj=self._file, mode="w", format=TAR_FORMAT
+        )
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, key: str, members: Mapping[str, bytes]) -> None:
+        """Append one sample: each member as `f"{key}.{suffix}"`, in the given order."""
+        if self._tar is None:
+            raise ValueError(f"shard writer for {self.path} is closed")
+        name = key.rpartition("/")[2]
+        if not name or "." in name:
+            raise ValueError(f"invalid sample key {key!r} for {self.path} (empty or has a dot)")
+        if key in self._keys:
+            raise ValueError(f"sample key {key} written twice to {self.path}")
+        if not members:
+            raise ValueError(f"sample {key} for {self.path} has no members")
+        seen: set[str] = set()
+        for suffix in members:
+            if not suffix or "/" in suffix or suffix.lower() in seen:
+                raise ValueError(f"invalid or repeated member {suffix!r} in sample {key}")
+            seen.add(suffix.lower())
+        for suffix, data in members.items():
+            data = bytes(data)
+            info = _tar_info(f"{key}.{suffix}", len(data), self.mtime)
+            self._tar.addfile(info, io.BytesIO(data))
+        self._keys.add(key)
+        self.samples += 1
+
+    def close(self) -> None:
+        """Finish the tar, fsync, rename onto `path` and fsync the directory."""
+        if self._tar is None or self._file is None:
+            return
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            os.fchmod(self._file.fileno(), 0o644)  # mkstemp makes 0600; shards are shared data
+            self._file.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._tar = self._file = None
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop everything written so far; `path` is left untouched."""
+        for closer in (self._tar, self._file):
+            if closer is not None:
+                with contextlib.suppress(OSError):  # the file is discarded below anyway
+                    closer.close()
+        self._tar = self._file = None
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself has happened
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def copy_sample_members(
+    sample: RawSample,
+    replace: Mapping[str, bytes] | None = None,
+    add: Mapping[str, bytes] | None = None,
+) -> dict[str, bytes]:
+    """Members for writing `sample` back: untouched ones byte for byte, original names and order.
+
+    `replace` keys are matched case-insensitively against the stored names (KeyError when one is
+    absent) and keep the stored name; `add` members are appended at the end and must be new.
+    """
+    replaced: dict[str, bytes] = {}
+    for suffix, data in (replace or {}).items():
+        stored = sample.find(suffix)
+        if stored is None:
+            sample.get(suffix)  # raises the KeyError naming key, shard and member
+        replaced[stored] = data
+    out = {suffix: replaced.get(suffix, data) for suffix, data in sample.members.items()}
+    for suffix, data in (add or {}).items():
+        if sample.find(suffix) is not None:
+            raise ValueError(
+                f"sample {sample.key} of shard {sample.shard} already has member "
+                f"{sample.find(suffix)!r}; replace it instead of adding {suffix!r}"
+            )
+        out[suffix] = data
+    return out
+
+
+def list_shards(root: str | Path, split: str) -> list[Path]:
+    """`ROOT/split/out-%06d.tar`, sorted by name (temporary `.out-*.tmp` files are not shards)."""
+    directory = Path(root) / split
+    if not directory.is_dir():
+        raise FileNotFoundError(f"split directory {directory} does not exist (--data-root/--split)")
+    shards = sorted(p for p in directory.iterdir() if SHARD_NAME_RE.match(p.name) and p.is_file())
+    if not shards:
+        raise FileNotFoundError(f"no shards named out-NNNNNN.tar in {directory}")
+    return shards
+
+
+def shards_for_rank(shards: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """This rank's share: every `world_size`-th shard from `rank`, so each has exactly one rank."""
+    rank, world_size = _check_rank(rank, world_size)
+    return list(shards[rank::world_size])
+
+
+def _check_rank(rank: int, world_size: int) -> tuple[int, int]:
+    if isinstance(rank, bool) or isinstance(world_size, bool):
+        raise ValueError("rank and world size must be integers, not booleans")
+    rank, world_size = int(rank), int(world_size)
+    if world_size < 1:
+        raise ValueError(f"world size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return rank, world_size
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def rank_from_env(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values win, else `RANK`/`WORLD_SIZE` (torchrun), else (0, 1)."""
+    if rank is None:
+        rank = _env_int("RANK", 0)
+    if world_size is None:
+        world_size = _env_int("WORLD_SIZE", 1)
+    return _check_rank(rank, world_size)
