@@ -245,13 +245,12 @@ def test_load_cse_mesh(tmp_path):
 
 def _fibonacci_midpoint_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 27554-vertex midpoint subdivision of a 6890-vertex sphere (SMPL's counts)."""
-    from scipy.spatial import ConvexHull
-
+    spatial = pytest.importorskip("scipy.spatial")  # scipy is an optional extra
     i = np.arange(SMPL_NUM_VERTICES) + 0.5
     phi = np.arccos(1 - 2 * i / SMPL_NUM_VERTICES)
     theta = np.pi * (1 + 5**0.5) * i
     points = np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)]
-    base_faces = ConvexHull(points).simplices  # indices into `points`: ids are kept
+    base_faces = spatial.ConvexHull(points).simplices  # indices into `points`: ids are kept
     vertices, faces = trimesh.remesh.subdivide(points, base_faces)
     return points, np.asarray(vertices), np.asarray(faces)
 
