@@ -1,0 +1,227 @@
+"""Stream training batches from the shards a manifest lists (webdataset 1.0.2 pipeline).
+
+Why not `wds.WebDataset(..., nodesplitter=wds.split_by_node)`: webdataset takes the rank from
+`torch.distributed`/`$RANK` and splits shards only, so it cannot be driven by explicit
+`rank`/`world_size` (what tests and tools need) and cannot divide shards that do not split
+evenly. The pipeline is still webdataset's: `wds.DataPipeline` with webdataset's tar reader
+(`tar_file_iterator` + `group_by_keys`, suffixes lower-cased), `wds.shuffle` with a seeded RNG,
+`wds.map` and `wds.batched`; only the shard plan below is ours.
+
+Shard plan of one epoch (one "slot" = one (rank, worker) pair, slot = rank * num_workers +
+worker, S = world_size * num_workers slots):
+- the shard order is shuffled with an RNG seeded by (seed, epoch), identical on every slot;
+- the first N - N % S shards of that order are dealt round-robin, whole, to the slots;
+- each of the N % S remaining shards is read by every slot, slot s keeping the samples whose
+  index i in the shard satisfies i % S == (s + j) % S (j = the remainder shard's position).
+So every sample of an epoch is seen exactly once across ranks x workers, whether or not the
+shards divide evenly, and slots differ by at most a few samples (uneven shards are paid for by
+reading the few remainder shards' bytes S times, decoding only the kept samples).
+With `infinite=True` each slot runs epoch, epoch + 1, ... back to back and every batch is full;
+with `infinite=False` one epoch is read and each slot's last batch may be partial.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+from triagan_model.data.fdh import IMAGE_H, IMAGE_W, UNUSED_MEMBERS
+from triagan_model.data.manifest import Manifest, read_manifest
+from triagan_model.data.overlay import apply_overlay, load_overlay
+from triagan_model.data.transforms import (
+    decode_sample,
+    flip_draw,
+    flip_sample,
+    resize_sample,
+    to_model_space,
+)
+
+BATCH_TENSORS = ("img", "mask", "maskrcnn_mask", "condition", "keypoints")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Read shard `path` in epoch `epoch`, keeping samples i with i % stride == offset."""
+
+    path: str
+    keypoint_units: str
+    epoch: int
+    stride: int = 1
+    offset: int = 0
+
+
+def plan_epoch(
+    num_shards: int, *, seed: int, epoch: int, slot: int, num_slots: int, shuffle: bool = True
+) -> list[tuple[int, int, int]]:
+    """(shard index, stride, offset) triples one slot reads in one epoch (module docstring)."""
+    if not 0 <= slot < num_slots:
+        raise ValueError(f"slot {slot} out of range for {num_slots} slots")
+    order = list(range(num_shards))
+    if shuffle:
+        random.Random(f"triagan-shards:{seed}:{epoch}").shuffle(order)
+    whole = num_shards - num_shards % num_slots
+    plans = [(order[i], 1, 0) for i in range(slot, whole, num_slots)]
+    for j, i in enumerate(range(whole, num_shards)):
+        plans.append((order[i], num_slots, (slot + j) % num_slots))
+    return plans
+
+
+def _wanted_member(fname: str) -> bool:
+    """Skip the CSE members before they are even read into memory (never decoded here)."""
+    _, suffix = base_plus_ext(fname)
+    return suffix is None or suffix.lower() not in UNUSED_MEMBERS
+
+
+def read_shard(plan: ShardPlan) -> Iterator[dict[str, Any]]:
+    """Raw samples (member bytes keyed by lower-cased suffix) of one planned shard."""
+    with open(plan.path, "rb") as stream:
+        files = tar_file_iterator(stream, select_files=_wanted_member)
+        tagged = ({**f, "__url__": plan.path} for f in files)
+        for i, sample in enumerate(group_by_keys(tagged, lcase=True)):
+            if plan.stride > 1 and i % plan.stride != plan.offset:
+                continue
+            sample["__epoch__"] = plan.epoch
+            sample["__units__"] = plan.keypoint_units
+            yield sample
+
+
+def _read_plans(plans: Iterator[ShardPlan]) -> Iterator[dict[str, Any]]:
+    for plan in plans:
+        yield from read_shard(plan)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack per-sample tensors into a batch; keys stay a list of str."""
+    batch: dict[str, Any] = {name: torch.stack([s[name] for s in samples])
+                             for name in BATCH_TENSORS}  # fmt: skip
+    batch["key"] = [s["key"] for s in samples]
+    return batch
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    resolution: tuple[int, int]
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    flip: bool = True
+    epoch: int = 0
+    infinite: bool = True
+
+
+class FDHStream(IterableDataset):
+    """Batches of one manifest for one rank; DataLoader workers split it further."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: LoaderConfig,
+        overlay: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= config.rank < config.world_size:
+            raise ValueError(f"rank {config.rank} out of range for world_size {config.world_size}")
+        self.manifest = manifest
+        self.config = config
+        self.overlay = overlay
+
+    def _plans(self, worker: int, num_workers: int) -> Iterator[ShardPlan]:
+        cfg, shards = self.config, self.manifest.shards
+        epoch = cfg.epoch
+        while True:
+            for index, stride, offset in plan_epoch(
+                len(shards),
+                seed=cfg.seed,
+                epoch=epoch,
+                slot=cfg.rank * num_workers + worker,
+                num_slots=cfg.world_size * num_workers,
+                shuffle=cfg.shuffle,
+            ):
+                shard = shards[index]
+                yield ShardPlan(str(shard.path), shard.keypoint_units, epoch, stride, offset)
+            if not cfg.infinite:
+                return
+            epoch += 1
+
+    def _process(self, raw: dict[str, Any]) -> dict[str, Any]:
+        sample = decode_sample(raw, raw["__units__"])
+        sample = apply_overlay(sample, self.overlay)
+        sample = resize_sample(sample, self.config.resolution)
+        if self.config.flip and flip_draw(self.config.seed, raw["__epoch__"], sample["key"]):
+            sample = flip_sample(sample)
+        return to_model_space(sample)
+
+    def pipeline(self, worker: int = 0, num_workers: int = 1) -> wds.DataPipeline:
+        """The webdataset pipeline of one slot (exposed so tests can run slots in-process)."""
+        cfg = self.config
+        plans = self._plans(worker, num_workers)
+        stages: list[Any] = [lambda: plans, _read_plans]
+        if cfg.shuffle and cfg.shuffle_buffer > 1:
+            rng = random.Random(f"triagan-samples:{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}")
+            stages.append(wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng))
+        stages.append(wds.map(self._process))
+        stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.infinite))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return iter(self.pipeline(worker, num_workers))
+
+
+def build_loader(
+    manifest_path: str | os.PathLike,
+    *,
+    resolution: tuple[int, int] = (IMAGE_H, IMAGE_W),
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    shuffle_buffer: int = 1000,
+    flip: bool = True,
+    verify: bool = False,
+    overlay: str | os.PathLike | dict[str, np.ndarray] | None = None,
+    epoch: int = 0,
+    infinite: bool = True,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """An iterable of batches {img, mask, maskrcnn_mask, condition, keypoints, key}.
+
+    img/condition (B,3,H,W) in [-1, 1] (condition: unknown region 0), mask (B,1,H,W) 1 = known
+    background, maskrcnn_mask (B,1,H,W) 1 = not person, keypoints (B,17,3) normalised, key
+    list[str]. `resolution` is the stage's (H, W). `shuffle=False` reads shards and samples in
+    manifest order (evaluation); `shuffle_buffer` is the sample-level buffer (in raw samples).
+    """
+    manifest = read_manifest(manifest_path, verify=verify)
+    if isinstance(overlay, str | os.PathLike | Path):
+        overlay = load_overlay(overlay)
+    config = LoaderConfig(
+        resolution=(int(resolution[0]), int(resolution[1])),
+        batch_size=int(batch_size),
+        seed=int(seed),
+        rank=int(rank),
+        world_size=int(world_size),
+        shuffle=shuffle,
+        shuffle_buffer=int(shuffle_buffer),
+        flip=flip,
+        epoch=int(epoch),
+        infinite=infinite,
+    )
+    stream = FDHStream(manifest, config, overlay)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0 and infinite)  # fmt: skip
