@@ -16,8 +16,10 @@ worker, S = world_size * num_workers slots):
 So every sample of an epoch is seen exactly once across ranks x workers, whether or not the
 shards divide evenly, and slots differ by at most a few samples (uneven shards are paid for by
 reading the few remainder shards' bytes S times, decoding only the kept samples).
-With `infinite=True` each slot runs epoch, epoch + 1, ... back to back and every batch is full;
-with `infinite=False` one epoch is read and each slot's last batch may be partial.
+The sample shuffle buffer (seeded by seed, epoch, rank, worker) is filled and drained within
+each epoch, so epochs never mix. With `infinite=True` each slot runs epoch, epoch + 1, ... back
+to back and every batch is full (a batch may straddle two epochs); with `infinite=False` one
+epoch is read and each slot's last batch may be partial.
 """
 
 from __future__ import annotations
@@ -138,21 +140,25 @@ class FDHStream(IterableDataset):
         self.config = config
         self.overlay = overlay
 
-    def _plans(self, worker: int, num_workers: int) -> Iterator[ShardPlan]:
+    def _epoch_samples(self, worker: int, num_workers: int, epoch: int) -> wds.DataPipeline:
+        """Raw samples of one epoch for one slot, shuffled within the epoch only."""
         cfg, shards = self.config, self.manifest.shards
-        epoch = cfg.epoch
+        slots = plan_epoch(len(shards), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle,
+                           slot=cfg.rank * num_workers + worker,
+                           num_slots=cfg.world_size * num_workers)  # fmt: skip
+        plans = [ShardPlan(str(shards[i].path), shards[i].keypoint_units, epoch, stride, offset)
+                 for i, stride, offset in slots]  # fmt: skip
+        stages: list[Any] = [lambda: iter(plans), _read_plans]
+        if cfg.shuffle and cfg.shuffle_buffer > 1:
+            rng = random.Random(f"triagan-samples:{cfg.seed}:{epoch}:{cfg.rank}:{worker}")
+            stages.append(wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng))
+        return wds.DataPipeline(*stages)
+
+    def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        epoch = self.config.epoch
         while True:
-            for index, stride, offset in plan_epoch(
-                len(shards),
-                seed=cfg.seed,
-                epoch=epoch,
-                slot=cfg.rank * num_workers + worker,
-                num_slots=cfg.world_size * num_workers,
-                shuffle=cfg.shuffle,
-            ):
-                shard = shards[index]
-                yield ShardPlan(str(shard.path), shard.keypoint_units, epoch, stride, offset)
-            if not cfg.infinite:
+            yield from self._epoch_samples(worker, num_workers, epoch)
+            if not self.config.infinite:
                 return
             epoch += 1
 
@@ -167,14 +173,11 @@ class FDHStream(IterableDataset):
     def pipeline(self, worker: int = 0, num_workers: int = 1) -> wds.DataPipeline:
         """The webdataset pipeline of one slot (exposed so tests can run slots in-process)."""
         cfg = self.config
-        plans = self._plans(worker, num_workers)
-        stages: list[Any] = [lambda: plans, _read_plans]
-        if cfg.shuffle and cfg.shuffle_buffer > 1:
-            rng = random.Random(f"triagan-samples:{cfg.seed}:{cfg.epoch}:{cfg.rank}:{worker}")
-            stages.append(wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng))
-        stages.append(wds.map(self._process))
-        stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.infinite))
-        return wds.DataPipeline(*stages)
+        return wds.DataPipeline(
+            lambda: self._samples(worker, num_workers),
+            wds.map(self._process),
+            wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.infinite),
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
