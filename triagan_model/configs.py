@@ -256,7 +256,13 @@ def _build(name: str, tiny: bool) -> TrainConfig:
         description=what,
         generator=arch,
         stages=_stages(stages, tiny),
-        discriminator=DiscriminatorConfig(feature_networks=fnets, pretrained=not tiny),
+        discriminator=DiscriminatorConfig(
+            feature_networks=fnets,
+            pretrained=not tiny,
+            # tiny: narrow projection and heads so a CPU step takes well under a second
+            projection_channels=16 if tiny else 64,
+            head_channels=32 if tiny else 512,
+        ),
         loss=LossConfig(kind=loss),
         mixed_precision=not tiny,
         tiny=tiny,
