@@ -1,0 +1,135 @@
+"""Run an estimator over a stream of samples, cropping and decoding in worker processes.
+
+Backends that expose `preprocess(image, box) -> (input, meta)` (a picklable function),
+`predict_heatmaps(batch)` and `decode(heatmaps, metas)` are pipelined: worker processes crop
+the next batches and decode the previous ones while the model runs in this process. Other
+backends (e.g. vitpose-mmpose) get plain batched `estimate` calls. At most a few batches are in
+flight, so memory stays bounded however long the stream is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+
+import numpy as np
+
+Sample = tuple[str, np.ndarray, np.ndarray]  # key, uint8 (H, W, 3) RGB image, int (4,) box
+Result = tuple[str, "np.ndarray | None"]  # None: the estimator failed on this sample
+
+
+class _InlineExecutor(Executor):
+    """workers=0: run submitted work immediately in this process."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def _prepare(preprocess: Callable, items: list[Sample]):
+    """Worker: crop + normalise one batch; a sample that fails becomes None (reported)."""
+    keys, inputs, metas = [], [], []
+    for key, image, box in items:
+        try:
+            x, meta = preprocess(image, box)
+        except (ValueError, IndexError):  # bad image shape or empty box: a per-sample error
+            x, meta = None, None
+        keys.append(key)
+        inputs.append(x)
+        metas.append(meta)
+    return keys, inputs, metas
+
+
+def _decode(decode: Callable, keys, heatmaps, metas, ok) -> list[Result]:
+    """Worker: heatmaps -> keypoints, re-inserting the failed samples as None."""
+    kps = decode(heatmaps, metas) if len(heatmaps) else np.zeros((0, 17, 3), np.float32)
+    found = iter(kps)
+    return [(key, next(found) if good else None) for key, good in zip(keys, ok, strict=True)]
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    it = iter(samples)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _pipelined(estimator, batches, pool: Executor, depth: int) -> Iterator[list[Result]]:
+    prepared: deque[Future] = deque()
+    decoded: deque[Future] = deque()
+    batches = iter(batches)
+    for batch in itertools.islice(batches, depth):
+        prepared.append(pool.submit(_prepare, estimator.preprocess, batch))
+    while prepared:
+        keys, inputs, metas = prepared.popleft().result()
+        nxt = next(batches, None)
+        if nxt is not None:
+            prepared.append(pool.submit(_prepare, estimator.preprocess, nxt))
+        ok = [x is not None for x in inputs]
+        good = [x for x in inputs if x is not None]
+        heatmaps = estimator.predict_heatmaps(np.stack(good)) if good else np.zeros((0,))
+        good_metas = np.array([m for m in metas if m is not None]).reshape(-1, 4)
+        decoded.append(pool.submit(_decode, estimator.decode, keys, heatmaps, good_metas, ok))
+        while len(decoded) > depth or (decoded and decoded[0].done()):
+            yield decoded.popleft().result()
+    while decoded:
+        yield decoded.popleft().result()
+
+
+def _plain(estimator, batches) -> Iterator[list[Result]]:
+    for batch in batches:
+        keys = [s[0] for s in batch]
+        try:
+            kps = estimator.estimate(
+                np.stack([s[1] for s in batch]), np.stack([s[2] for s in batch])
+            )
+        except (ValueError, IndexError):  # retry one by one to isolate the bad sample
+            kps = []
+            for _, image, box in batch:
+                try:
+                    kps.append(estimator.estimate(image[None], np.asarray(box)[None])[0])
+                except (ValueError, IndexError):
+                    kps.append(None)
+        yield list(zip(keys, kps, strict=True))
+
+
+def estimate_samples(
+    estimator,
+    samples: Iterable[Sample],
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = True,
+    total: int | None = None,
+) -> Iterator[Result]:
+    """Yield (key, float32 (17, 3) keypoints in pixels + score) in input order.
+
+    A sample the estimator cannot handle (undecodable image shape, empty box) yields
+    (key, None): refine reports it as `no-estimate`. `workers` > 0 crops and decodes in that
+    many spawned processes (numpy/scipy only) while the model runs here.
+    """
+    from tqdm import tqdm
+
+    batches = _batches(samples, batch_size)
+    bar = tqdm(
+        total=total, unit="img", desc=getattr(estimator, "name", "pose"), disable=not progress
+    )
+    if hasattr(estimator, "predict_heatmaps") and hasattr(estimator, "preprocess"):
+        if workers > 0:
+            ctx = multiprocessing.get_context("spawn")
+            pool: Executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        else:
+            pool = _InlineExecutor()
+        stream = _pipelined(estimator, batches, pool, depth=max(2, 2 * workers))
+    else:
+        pool, stream = _InlineExecutor(), _plain(estimator, batches)
+    try:
+        for results in stream:
+            bar.update(len(results))
+            yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
