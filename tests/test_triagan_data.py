@@ -263,6 +263,8 @@ def test_prepare_writes_manifests_and_matches_on_the_fly(shards, tmp_path):
             assert (a["condition"] - b["condition"]).abs().max() <= 2 / 127.5 + 1e-6
             for name in ("mask", "maskrcnn_mask", "keypoints"):
                 assert torch.equal(a[name], b[name]), name
+    with pytest.raises(ValueError, match="18x10 images: cannot serve 36x20"):
+        build_loader(out / "18x10" / "train.json", resolution=(36, 20), batch_size=2, seed=0)
     first = {p.name: p.read_bytes() for p in (out / "18x10").glob("*.tar")}
     assert triagan_main(["prepare", "--manifest", str(shards), "--resolutions", "18",
                          "--out", str(out), "--overwrite"]) == 0  # fmt: skip

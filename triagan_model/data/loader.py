@@ -136,6 +136,11 @@ class FDHStream(IterableDataset):
         super().__init__()
         if not 0 <= config.rank < config.world_size:
             raise ValueError(f"rank {config.rank} out of range for world_size {config.world_size}")
+        stored = manifest.resolution or (IMAGE_H, IMAGE_W)
+        h, w = config.resolution
+        if h > stored[0] or w > stored[1] or stored[0] % h or stored[1] % w:
+            raise ValueError(f"{manifest.path} stores {stored[0]}x{stored[1]} images: cannot "
+                             f"serve {h}x{w} (the stage resolution must divide it)")  # fmt: skip
         self.manifest = manifest
         self.config = config
         self.overlay = overlay

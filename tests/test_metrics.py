@@ -1,0 +1,242 @@
+"""triagan_model.metrics: Fréchet distance, streaming statistics, the FID pipeline (tiny random
+extractor end to end on CPU), local-weights errors, and OKS against pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from triagan_shards import make_shards
+
+from triagan_model.metrics.fid import (
+    FeatureExtractor,
+    MissingWeightsError,
+    evaluate_fid,
+    stats_cache_path,
+)
+from triagan_model.metrics.frechet import FeatureStats, frechet_distance
+from triagan_model.metrics.oks import (
+    CROP_AREA,
+    mean_oks,
+    normalized_to_pixels,
+    oks,
+    read_coco_results,
+    region_area,
+)
+
+# --- Fréchet distance and statistics ---------------------------------------------------------
+
+
+def _random_gaussian(rng, dim, n):
+    x = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim)) + rng.normal(size=dim)
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _direct_frechet(mu1, s1, mu2, s2):
+    # Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2): a symmetric form, via eigenvalues.
+    root1 = scipy.linalg.sqrtm(s1).real
+    eig = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+                 - 2 * np.sum(np.sqrt(np.clip(eig, 0, None))))  # fmt: skip
+
+
+def test_frechet_matches_a_direct_computation():
+    rng = np.random.default_rng(0)
+    for dim in (1, 5, 32):
+        a, b = _random_gaussian(rng, dim, 200), _random_gaussian(rng, dim, 200)
+        assert frechet_distance(*a, *b) == pytest.approx(_direct_frechet(*a, *b), rel=1e-6)
+        assert frechet_distance(*a, *a) == pytest.approx(0.0, abs=1e-6)
+    # 1-D closed form: (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s.
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+def test_frechet_singular_covariances_stay_finite():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(5, 16)), rng.normal(size=(5, 16))  # rank 4 of 16
+    d = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert np.isfinite(d) and d > 0
+
+
+def test_feature_stats_streaming_matches_numpy(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(103, 7)) * 0.01 + 1e4  # large mean: naive sums would cancel
+    stats = FeatureStats()
+    for chunk in np.array_split(x, [1, 10, 50, 51]):
+        stats.update(torch.from_numpy(chunk))
+    assert stats.count == 103
+    np.testing.assert_allclose(stats.mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.cov, np.cov(x, rowvar=False), rtol=1e-6, atol=1e-12)
+    stats.save(tmp_path / "s.npz", extractor="x")
+    loaded, meta = FeatureStats.load(tmp_path / "s.npz")
+    assert meta == {"extractor": "x"} and loaded.count == 103
+    np.testing.assert_array_equal(loaded.cov, stats.cov)
+
+
+# --- FID pipeline ------------------------------------------------------------------------------
+
+
+def test_fid_pipeline_with_the_tiny_extractor(tmp_path):
+    manifest = make_shards(tmp_path / "val", n_shards=2, per_shard=12, seed=3)
+    ex = FeatureExtractor("test-random")
+    cache = tmp_path / "cache"
+    same = evaluate_fid(manifest, lambda b: b["img"].clone(), [ex], batch_size=8, cache_dir=cache,
+                        resolution=(36, 20))  # fmt: skip
+    assert same["test-random"] == pytest.approx(0.0, abs=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    noise = evaluate_fid(manifest, lambda b: torch.rand(b["img"].shape, generator=gen) * 2 - 1,
+                         [ex], batch_size=8, cache_dir=cache, resolution=(36, 20))  # fmt: skip
+    assert noise["test-random"] > 100 * max(same["test-random"], 1e-3)
+    from triagan_model.data.manifest import manifest_sha256
+
+    path = stats_cache_path(cache, manifest_sha256(manifest), "test-random", (36, 20), None)
+    assert FeatureStats.load(path)[0].count == 24
+    for shard in (tmp_path / "val").glob("*.tar"):
+        shard.unlink()  # the cached real statistics need no shard
+    assert evaluate_fid(manifest, None, [ex], cache_dir=cache, resolution=(36, 20)) == {}
+
+
+def test_fid_respects_max_samples_and_checks_generated_shape(tmp_path):
+    manifest = make_shards(tmp_path / "val", n_shards=1, per_shard=10, seed=4)
+    ex = FeatureExtractor("test-random")
+    seen = []
+
+    def generate(batch):
+        seen.append(len(batch["key"]))
+        return batch["img"]
+
+    evaluate_fid(manifest, generate, [ex], batch_size=4, max_samples=6, resolution=(18, 10))
+    assert sum(seen) == 6
+    with pytest.raises(ValueError, match="generate returned"):
+        evaluate_fid(manifest, lambda b: b["img"][:, :, :9], [ex], resolution=(18, 10))
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [("inception", "weights-inception-2015-12-05-6726825d.pth"), ("clip-vit-b32", "ViT-B-32.pt")],
+)
+def test_missing_local_weights_name_the_file(tmp_path, monkeypatch, name, filename):
+    monkeypatch.setenv("TRIAGAN_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=filename):
+        FeatureExtractor(name)
+    with pytest.raises(MissingWeightsError, match="elsewhere.pth"):
+        FeatureExtractor(name, weights_path=tmp_path / "elsewhere.pth")
+
+
+def test_inception_extractor_loads_a_local_file(tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    # Random Inception weights in torch-fidelity's layout, made without any download.
+    with monkeypatch.context() as m:
+        m.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None)
+        state = tfi.FeatureExtractorInceptionV3("x", ["2048"]).state_dict()
+    path = tmp_path / "inception.pth"
+    torch.save(state, path)
+    ex = FeatureExtractor("inception", weights_path=path)
+    images = torch.rand(2, 3, 36, 20) * 2 - 1
+    feats = ex(images)
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+    ex.net.train()
+    assert not ex.net.training and not any(p.requires_grad for p in ex.net.parameters())
+    assert torch.equal(ex(images), feats)
+
+
+@pytest.mark.slow
+def test_clip_extractor_loads_a_local_file(tmp_path):
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
+    path = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), path)
+    ex = FeatureExtractor("clip-vit-b32", weights_path=path)
+    feats = ex(torch.rand(2, 3, 288, 160) * 2 - 1)
+    assert feats.shape == (2, 512) and torch.isfinite(feats).all()
+
+
+# --- OKS ------------------------------------------------------------------------------------
+
+
+def _coco_oks(gt, dt, areas, bboxes):
+    """OKS of pycocotools' COCOeval.computeOks, one gt and one detection per image."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    n = len(gt)
+    anns = [
+        {"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+         "keypoints": gt[i].ravel().tolist(), "num_keypoints": int((gt[i, :, 2] > 0).sum()),
+         "area": float(areas[i]), "bbox": list(map(float, bboxes[i]))}
+        for i in range(n)
+    ]  # fmt: skip
+    results = [{"image_id": i + 1, "category_id": 1, "score": 1.0,
+                "keypoints": dt[i].ravel().tolist()} for i in range(n)]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": [{"id": i + 1} for i in range(n)], "annotations": anns,
+                           "categories": [{"id": 1, "name": "person"}]}  # fmt: skip
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        ev.params.imgIds = list(range(1, n + 1))
+        ev._prepare()
+        return np.array([ev.computeOks(i + 1, 1)[0, 0] for i in range(n)])
+
+
+def _fixtures(rng, n=6):
+    gt = np.zeros((n, 17, 3))
+    gt[..., 0], gt[..., 1] = rng.uniform(0, 160, (n, 17)), rng.uniform(0, 288, (n, 17))
+    gt[..., 2] = rng.choice([0, 1, 2], size=(n, 17), p=[0.3, 0.2, 0.5])
+    gt[0, :, 2] = 0  # no visible keypoint: COCO's box rule
+    dt = gt.copy()
+    dt[..., :2] += rng.normal(0, 6, (n, 17, 2))
+    dt[..., 2] = rng.uniform(0.2, 1.0, (n, 17))
+    return gt, dt
+
+
+def test_oks_matches_pycocotools():
+    rng = np.random.default_rng(5)
+    gt, dt = _fixtures(rng)
+    crop = np.array([[0.0, 0.0, 160.0, 288.0]] * len(gt))
+    ours = oks(gt, dt)
+    np.testing.assert_allclose(ours, _coco_oks(gt, dt, [CROP_AREA] * len(gt), crop), rtol=1e-12)
+    areas, boxes = rng.uniform(500, 9000, len(gt)), np.tile([20.0, 30.0, 80.0, 150.0], (6, 1))
+    np.testing.assert_allclose(oks(gt, dt, areas, gt_bbox=boxes), _coco_oks(gt, dt, areas, boxes),
+                               rtol=1e-12)  # fmt: skip
+    assert oks(gt[1], dt[1]) == pytest.approx(ours[1])
+
+
+def test_oks_takes_the_conditioning_as_ground_truth():
+    gt = np.zeros((17, 3))
+    gt[:, 0], gt[:, 1], gt[:, 2] = np.linspace(10, 150, 17), np.linspace(10, 270, 17), 2
+    gt[5:, 2] = 0  # only the face is visible in the conditioning
+    dt = gt.copy()
+    dt[:, 2] = 1.0
+    dt[5:, :2] += 40  # the estimate is far off on keypoints the conditioning did not give
+    assert oks(gt, dt) == pytest.approx(1.0)  # only conditioning-visible keypoints count
+    assert oks(dt, gt) < 0.9  # the reference's swapped call would be penalised for them
+    coco = _coco_oks(gt[None], dt[None], [CROP_AREA], [[0, 0, 160, 288]])[0]
+    assert oks(gt, dt) == pytest.approx(coco)
+
+
+def test_region_area_and_results_file(tmp_path):
+    mask = np.ones((288, 160))
+    mask[100:150, 40:60] = 0
+    assert region_area(mask) == 50 * 20
+    cond = {"0042": np.tile([0.5, 0.5, 1.0], (17, 1)), "7": np.tile([0.25, 0.5, 1.0], (17, 1))}
+    good = normalized_to_pixels(cond["0042"]).ravel().tolist()
+    bad = (np.array(good) + 30).tolist()
+    results = [{"image_id": 42, "category_id": 1, "keypoints": bad, "score": 0.3},
+               {"image_id": 42, "category_id": 1, "keypoints": good, "score": 0.9}]  # fmt: skip
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(results))
+    dets = read_coco_results(path)
+    assert list(dets) == [42] and np.allclose(dets[42], np.reshape(good, (17, 3)))
+    value, count = mean_oks(cond, dets)
+    assert count == 1 and value == pytest.approx(1.0)
+    value_small, _ = mean_oks(cond, {42: np.reshape(bad, (17, 3))}, areas={"0042": 1000.0})
+    assert value_small < mean_oks(cond, {42: np.reshape(bad, (17, 3))})[0]
