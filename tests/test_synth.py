@@ -412,3 +412,28 @@ def test_project_readers_accept_the_shards(dataset):
                 "pixels" if np.abs(np.array(keypoints)[..., :2]).max() > 1.5 else "normalized"
             )
             assert detect_units(keypoints) == expected
+
+
+def test_dilate_matches_a_disc():
+    from fdhclean.synth.paint import dilate
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((30, 24)) < 0.03
+    mask[0, 0] = mask[-1, 7] = True
+    expected = np.zeros_like(mask)
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                if dy * dy + dx * dx <= 16 and 0 <= y + dy < 30 and 0 <= x + dx < 24:
+                    expected[y + dy, x + dx] = True
+    np.testing.assert_array_equal(dilate(mask, 4), expected)
+
+
+def test_project_part_table_matches_the_reference(dataset):
+    from fdhclean.parts import build_part_table, load_cse_mesh, load_segmentation
+
+    vertices, faces = load_cse_mesh(dataset / "mesh.pkl")  # the restricted unpickler
+    table = build_part_table(load_segmentation(dataset / "segmentation.json"), faces)
+    bits, _ = part_table(dataset)
+    np.testing.assert_array_equal(table.vertex_parts, bits)
+    assert vertices.shape == (bits.size, 3)

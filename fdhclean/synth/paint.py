@@ -95,12 +95,20 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     r0, r1 = max(rows.min() - radius, 0), min(rows.max() + radius + 1, mask.shape[0])
     c0, c1 = max(cols.min() - radius, 0), min(cols.max() + radius + 1, mask.shape[1])
     src = np.pad(mask[r0:r1, c0:c1], radius)
+    # Horizontal dilations by 0..radius (incremental), then one vertical shift per disc row:
+    # 2 * radius + (2 * radius + 1) array ORs instead of one per disc pixel.
+    wide = [src]
+    for d in range(1, radius + 1):
+        prev = wide[-1]
+        step = prev.copy()
+        step[:, d:] |= src[:, :-d]
+        step[:, :-d] |= src[:, d:]
+        wide.append(step)
     view = out[r0:r1, c0:c1]
     h, w = view.shape
     for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if dx * dx + dy * dy <= radius * radius:
-                view |= src[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+        half = int(np.floor(np.sqrt(radius * radius - dy * dy)))
+        view |= wide[half][radius + dy : radius + dy + h, radius : radius + w]
     return out
 
 
