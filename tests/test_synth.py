@@ -291,8 +291,10 @@ def test_default_run_shows_variants(tmp_path):
     for split in traits:
         assert "pixels" in {t[4] for t in traits[split].values()}
     both = [t for split in traits.values() for t in split.values()]
-    for i in range(4):
-        assert len({t[i] for t in both}) >= 2
+    assert {t[0] for t in both} == {(H, W), (1, H, W)}
+    assert {t[1] for t in both} == {"uint16", "int32", "int64"}
+    assert {t[2] for t in both} == {"E_mask.png", "e_mask.png"}
+    assert {t[3] for t in both} == {1, 255}
 
 
 def best_entries(root: Path, split: str) -> tuple[dict[str, dict], list[dict]]:

@@ -29,7 +29,9 @@ Outputs under --out:
                        normalised), orig_corruptions / est_corruptions (swap_pair, swap_all,
                        off_body, missing; "" = clean), has_prediction, and better
                        (original | estimate | unclear): the annotation the vote of
-                       refine-spec sections 3-4 must keep
+                       refine-spec sections 3-4 must keep ("unclear" when both or neither
+                       are corrupted, or without a prediction); also index, est_low_score,
+                       est_duplicate, facing_camera, visible
   synth.json           the arguments, mesh sizes, per-shard storage variant, counts
 """
 
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         summary = generate(config)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"fdhclean synth: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

@@ -80,7 +80,12 @@ def base_mesh(num_vertices: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         vertices = np.asarray(sphere.vertices, dtype=np.float64)
         faces = np.asarray(sphere.faces, dtype=np.int64)
     else:
-        from scipy.spatial import ConvexHull
+        try:
+            from scipy.spatial import ConvexHull
+        except ImportError:
+            raise RuntimeError(
+                "an exact mesh size (--real-mesh-size) needs scipy: pip install scipy"
+            ) from None
 
         vertices = fibonacci_sphere(num_vertices)
         faces = np.asarray(ConvexHull(vertices).simplices, dtype=np.int64)
