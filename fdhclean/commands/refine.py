@@ -1,0 +1,142 @@
+"""`fdhclean refine`: clean one split's keypoints (refine-spec sections 3-6)."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Clean the keypoints of one FDH split: estimate (or read precomputed) COCO-17 keypoints, score
+the original and the estimated annotation by how many keypoints land on the right SMPL body part
+(per-pixel CSE vertex ids -> part table), keep the better one, and write OUT/SPLIT/ with the
+cleaned shards (same names, samples and order; untouched members byte for byte), a parquet
+report per shard (OUT/SPLIT/report/, one row per sample, failures included), and, once every
+shard is complete, OUT/SPLIT/manifest.json.
+
+Settings come from flags, else FDHCLEAN_<NAME> environment variables, else the [refine] table
+of a TOML config file (--config, $FDHCLEAN_CONFIG, ./fdhclean.toml or
+~/.config/fdhclean/config.toml), so `fdhclean refine --split train` works once the rest is
+configured (see pipelines/fdh_refine.toml). Rerunning the same command resumes: completed shards
+are skipped. Exit status: 0 when every shard of this rank succeeded, 1 when a shard failed
+(the others still finish), 2 on bad settings."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "refine",
+        help="clean one split's keypoints (ViTPose vote)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--split", help="train or val")
+    p.add_argument("--config", help="TOML config file with a [refine] table")
+    p.add_argument("--data-root", help="FDH root holding SPLIT/out-*.tar")
+    p.add_argument("--out", help="output root (OUT/SPLIT/ is written)")
+    p.add_argument("--part-table", help="vertex -> part table (.npz, `fdhclean parts build`)")
+    src = p.add_argument_group("estimates (exactly one of --predictions / --estimator)")
+    src.add_argument("--predictions", help="COCO results JSON (`fdhclean estimate` output)")
+    src.add_argument("--estimator", help="vitpose-hf or vitpose-mmpose")
+    src.add_argument("--checkpoint", help="local weights of the estimator")
+    src.add_argument("--checkpoint-sha256", help="expected sha256 of the weights")
+    src.add_argument("--batch-size", type=int, help="estimator batch size (default 32)")
+    src.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    src.add_argument(
+        "--no-flip-test",
+        dest="flip_test",
+        action="store_false",
+        default=None,
+        help="disable the flip test of the estimator",
+    )
+    vote = p.add_argument_group("vote")
+    vote.add_argument("--orig-min-score", type=float, help="original v threshold (default 0.0)")
+    vote.add_argument("--new-min-score", type=float, help="estimate score threshold (default 0.3)")
+    vote.add_argument("--tie-policy", choices=("new", "original"), help="default new")
+    vote.add_argument("--rules", help="TOML keypoint -> accepted parts table")
+    run = p.add_argument_group("execution")
+    run.add_argument("--rank", type=int, help="this rank (default $RANK or 0)")
+    run.add_argument("--world-size", type=int, help="number of ranks (default $WORLD_SIZE or 1)")
+    run.add_argument("--workers", type=int, help="worker processes (default 0: in-process)")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="redo every shard if OUT was made with other settings",
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fdhclean.refine.settings import resolve_settings
+    from fdhclean.shards import rank_from_env
+
+    console = Console(stderr=True)
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "config", "dry_run")}
+    flags["rank"], flags["world_size"] = rank_from_env(args.rank, args.world_size)
+    try:
+        settings = resolve_settings(flags, args.config)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]fdhclean refine: {exc}[/red]")
+        return 2
+    if args.dry_run:
+        for name, value in vars(settings).items():
+            console.print(f"{name} = {value}")
+        return 0
+    return _run(settings, console)
+
+
+def _run(settings, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from fdhclean.refine.runner import ConfigurationMismatchError, run_refine
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"refine {settings.split} rank {settings.rank}", total=None)
+        samples = 0
+
+        def on_shard(result, total: int) -> None:
+            nonlocal samples
+            if result is None:
+                progress.update(task, total=total)
+                return
+            samples += result.samples
+            description = f"refine {settings.split}: {samples} samples, last {result.shard}"
+            progress.update(task, advance=1, description=description)
+
+        try:
+            outcome = run_refine(settings, progress=on_shard)
+        except (ConfigurationMismatchError, FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]fdhclean refine: {exc}[/red]")
+            return 2
+    _print_outcome(outcome, settings, console)
+    return outcome.exit_code
+
+
+def _print_outcome(outcome, settings, console) -> None:
+    from fdhclean.refine.finalize import sum_totals
+    from fdhclean.refine.runner import summary_lines
+
+    console.print(
+        f"shards: {len(outcome.results)} cleaned, {len(outcome.skipped)} already "
+        f"complete, {len(outcome.failed)} failed"
+    )
+    for name, message in outcome.failed.items():
+        console.print(f"[red]FAILED {name}: {message}[/red]")
+    if outcome.manifest is not None:
+        totals = outcome.manifest.totals
+        scope = f"split {settings.split} (all shards)"
+        console.print(f"manifest: {settings.split_out / 'manifest.json'}")
+    else:
+        totals = sum_totals(outcome.results)
+        scope = f"this run's shards ({outcome.pending_elsewhere} shards pending on other ranks)"
+    console.print(f"summary of {scope}:")
+    for line in summary_lines(totals):
+        print(line)
+    console.print(f"report: {settings.split_out / 'report'}")

@@ -1,0 +1,118 @@
+"""Where a refine run's estimates come from: a COCO results file, or a pose model run here.
+
+Both give, per shard, a mapping key -> (17,3) pixel coordinates of the 288x160 image + score.
+A predictions file is loaded once per process (workers load their own copy); a model runs in
+the main process (on the GPU) while worker processes vote and write the previous shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fdhclean.refine.settings import RefineSettings
+
+
+class EstimateSource(Protocol):
+    workers_estimate: bool  # True: worker processes can produce the estimates themselves
+
+    def provenance(self) -> dict[str, Any]: ...
+
+    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]: ...
+
+    def for_workers(self) -> EstimateSource: ...
+
+
+class PredictionsSource:
+    """Precomputed predictions (`--predictions FILE.json`, COCO results format)."""
+
+    workers_estimate = True
+
+    def __init__(self, path: Path, sha256: str | None = None) -> None:
+        self.path = Path(path)
+        self._sha256 = sha256
+        self._keypoints: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> None:
+        from fdhclean.estimators.predictions import load_predictions
+
+        predictions = load_predictions(self.path)
+        self._keypoints, self._sha256 = predictions.keypoints, predictions.sha256
+
+    def provenance(self) -> dict[str, Any]:
+        if self._sha256 is None:
+            self._load()
+        return {
+            "name": "predictions",
+            "predictions": str(self.path),
+            "predictions_sha256": self._sha256,
+        }
+
+    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
+        if self._keypoints is None:
+            self._load()
+        return self._keypoints
+
+    def for_workers(self) -> PredictionsSource:
+        return PredictionsSource(self.path, self._sha256)  # unloaded: cheap to pickle
+
+
+class ModelSource:
+    """A pose model from local weights (`--estimator NAME --checkpoint PATH`)."""
+
+    workers_estimate = False
+
+    def __init__(self, settings: RefineSettings) -> None:
+        from fdhclean.estimators import build_estimator
+
+        self.settings = settings
+        self.estimator = build_estimator(
+            settings.estimator,
+            checkpoint=settings.checkpoint,
+            checkpoint_sha256=settings.checkpoint_sha256,
+            device=_device_for_rank(settings.device),
+            batch_size=settings.batch_size,
+            flip_test=settings.flip_test,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "name": self.settings.estimator,
+            "checkpoint": str(self.settings.checkpoint),
+            "weights_sha256": self.estimator.weights_sha256,
+            "flip_test": self.settings.flip_test,
+        }
+
+    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
+        from fdhclean.estimators.run import estimate_shard
+
+        return estimate_shard(
+            self.estimator,
+            shard_path,
+            batch_size=self.settings.batch_size,
+            workers=max(1, self.settings.workers),
+        )
+
+    def for_workers(self) -> None:
+        return None  # workers never estimate: the model stays in this process
+
+
+def _device_for_rank(device: str) -> str:
+    """Under torchrun, `auto` means this process's own GPU (LOCAL_RANK), not always GPU 0."""
+    import os
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device != "auto" or local_rank is None:
+        return device
+    import torch
+
+    return f"cuda:{int(local_rank)}" if torch.cuda.is_available() else "cpu"
+
+
+def open_estimate_source(settings: RefineSettings) -> EstimateSource:
+    if settings.predictions is not None:
+        return PredictionsSource(settings.predictions)
+    return ModelSource(settings)

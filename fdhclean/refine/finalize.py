@@ -1,0 +1,155 @@
+"""Write the split's manifest, summary and dataset card once every shard is complete.
+
+Called by the run that completes the last shard, or by `fdhclean finalize OUT --split S` after
+an array job (refine-spec section 6). Everything comes from the per-shard completion markers and
+the run record (`run.json`), so finalising needs no access to the estimator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fdhclean.manifest import Manifest, ShardEntry, base_provenance, build_manifest, listing_hash
+from fdhclean.refine.sample import ERROR_STATUSES
+from fdhclean.refine.shard_task import ShardResult, output_paths
+from fdhclean.shards import atomic_write_bytes, list_shards
+
+RUN_RECORD = "run.json"
+SUMMARY_FILE = "refine_summary.json"
+CARD_FILE = "DATASET_CARD.md"
+
+
+class IncompleteSplitError(RuntimeError):
+    """Some shards of the split have no completion marker yet."""
+
+
+def read_run_record(split_out: Path) -> dict[str, Any]:
+    path = split_out / RUN_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: was `fdhclean refine` run into {split_out}?")
+    return json.loads(path.read_text())
+
+
+def completed_results(
+    split_out: Path, shard_names: list[str], fingerprint: str
+) -> dict[str, ShardResult]:
+    """Shards whose completion marker exists and was written under the same settings."""
+    results = {}
+    for name in shard_names:
+        marker = output_paths(split_out, name)[2]
+        if marker.is_file():
+            result = ShardResult.from_json(json.loads(marker.read_text()))
+            if result.fingerprint == fingerprint:
+                results[name] = result
+    return results
+
+
+def sum_totals(results: list[ShardResult]) -> dict[str, Any]:
+    errors: Counter[str] = Counter({code: 0 for code in ERROR_STATUSES})
+    boxes: Counter[str] = Counter()
+    units: Counter[str] = Counter()
+    for r in results:
+        errors.update(r.errors)
+        boxes.update(r.box_sources)
+        units[r.keypoint_units] += 1
+    return {
+        "samples": sum(r.samples for r in results),
+        "updated": sum(r.updated for r in results),
+        "ties": sum(r.ties for r in results),
+        "errors": dict(sorted(errors.items())),
+        "box_sources": dict(sorted(boxes.items())),
+        "shard_keypoint_units": dict(sorted(units.items())),
+    }
+
+
+def finalize_split(split_out: Path) -> Manifest:
+    """Write `manifest.json`, the merged summary and the dataset card; return the manifest."""
+    record = read_run_record(split_out)
+    data_root, split = Path(record["data_root"]), record["split"]
+    names = [p.name for p in list_shards(data_root, split)]
+    results = completed_results(split_out, names, record["fingerprint"])
+    missing = [n for n in names if n not in results]
+    if missing:
+        raise IncompleteSplitError(
+            f"{len(missing)} of {len(names)} shards of {split_out} are not complete yet "
+            f"(first: {missing[0]}); run the remaining ranks, then `fdhclean finalize`"
+        )
+    ordered = [results[n] for n in names]
+    totals = sum_totals(ordered)
+    totals["foreign_predictions"] = _foreign_predictions(record, split_out)
+    entries = [
+        ShardEntry(r.shard, r.samples, r.output_bytes, r.output_sha256, r.keypoint_units)
+        for r in ordered
+    ]
+    inputs = [
+        ShardEntry(r.shard, r.samples, r.input_bytes, r.input_sha256, r.keypoint_units)
+        for r in ordered
+    ]
+    provenance = base_provenance("fdhclean refine", record.get("parent_manifest"))
+    provenance.update(record["provenance"])
+    provenance["input_listing_sha256"] = listing_hash(inputs)
+    licenses = license_counts(data_root, _split_keys(split_out))
+    if licenses is not None:
+        provenance["licenses"] = licenses
+    manifest = build_manifest(
+        entries, split=split, base_dir=split_out, provenance=provenance, totals=totals
+    )
+    manifest.write(split_out / "manifest.json")
+    summary = {"split": split, "totals": totals, "shards": [r.__dict__ for r in ordered]}
+    atomic_write_bytes(split_out / SUMMARY_FILE, (json.dumps(summary, indent=1) + "\n").encode())
+    if licenses is not None:
+        write_dataset_card(split_out / CARD_FILE, split, totals, licenses, provenance)
+    return manifest
+
+
+def _split_keys(split_out: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(split_out / "report", columns=["key"]).column("key").to_pylist()
+
+
+def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
+    """Prediction entries for keys that are not in the split (counted, not an error)."""
+    path = record["provenance"].get("estimator", {}).get("predictions")
+    if not path:
+        return None
+    from fdhclean.estimators.predictions import load_predictions
+
+    keys = set(load_predictions(path).keypoints)
+    return len(keys - set(_split_keys(split_out)))
+
+
+def license_counts(data_root: Path, keys: list[str]) -> dict[str, int] | None:
+    """Licence counts of the split's keys from FDH's `metadata.json`, when the root has one."""
+    path = data_root / "metadata.json"
+    if not path.is_file():
+        return None
+    metadata = json.loads(path.read_text())
+    counts = Counter(str(metadata.get(k, {}).get("license", "unknown")) for k in keys)
+    return dict(sorted(counts.items()))
+
+
+def write_dataset_card(path: Path, split: str, totals, licenses, provenance) -> None:
+    lines = [
+        f"# FDH {split}, keypoints cleaned by fdhclean {provenance.get('package_version')}",
+        "",
+        "Images: Flickr Diverse Humans (FDH), person crops of YFCC100M photos published on Flickr",
+        "under Creative Commons licences; each sample's author, URL and licence are in the",
+        "source `metadata.json`. Keypoints: the original FDH annotation or a ViTPose estimate,",
+        "whichever lands more keypoints on the right SMPL body part (see the parquet report).",
+        "",
+        f"Samples: {totals['samples']}; updated: {totals['updated']}; ties: {totals['ties']}.",
+        "",
+        "| licence | samples |",
+        "|---|---|",
+        *[f"| {name} | {count} |" for name, count in licenses.items()],
+        "",
+        f"Part table sha256: {provenance.get('part_table_sha256')}",
+        f"Rule table sha256: {provenance.get('rules_sha256')}",
+        f"Input listing sha256: {provenance.get('input_listing_sha256')}",
+        "",
+    ]
+    atomic_write_bytes(path, "\n".join(lines).encode())

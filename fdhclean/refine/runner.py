@@ -1,0 +1,220 @@
+"""Run `fdhclean refine` for one rank: pick its shards, skip completed ones, clean the rest.
+
+Scale-out: shards are split by rank/world size (`--rank/--world-size` or torchrun's RANK /
+WORLD_SIZE), so a SLURM array or torchrun scales it out. Resume: rerun the same command; shards
+with a completion marker written under the same settings are skipped. The run that completes
+the split's last shard writes the manifest (`finalize`). With `--workers N`, N processes vote
+and write shards while the main process runs the estimator (or, with precomputed predictions,
+the N processes do all the work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fdhclean.manifest import Manifest
+from fdhclean.parts import PartTable
+from fdhclean.refine.estimates import EstimateSource, open_estimate_source
+from fdhclean.refine.finalize import (
+    RUN_RECORD,
+    IncompleteSplitError,
+    completed_results,
+    finalize_split,
+)
+from fdhclean.refine.settings import RefineSettings
+from fdhclean.refine.shard_task import ShardResult, VoteContext, process_shard
+from fdhclean.rules import DEFAULT_RULES, load_rules
+from fdhclean.shards import ShardReadError, atomic_write_bytes, list_shards, shards_for_rank
+
+
+class ConfigurationMismatchError(RuntimeError):
+    """OUT was made with other settings and `--overwrite` was not given."""
+
+
+@dataclass
+class RefineOutcome:
+    results: list[ShardResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    manifest: Manifest | None = None
+    pending_elsewhere: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def run_refine(
+    settings: RefineSettings,
+    progress: Callable[[ShardResult | None, int], None] | None = None,
+) -> RefineOutcome:
+    """Clean this rank's shards of the split; finalise the split when it is complete.
+
+    `progress(result, total)` is called once with `(None, number of shards to do)` and then
+    after every shard (a failed shard passes an empty result).
+    """
+    split_out = settings.split_out
+    split_out.mkdir(parents=True, exist_ok=True)
+    all_shards = list_shards(settings.data_root, settings.split)
+    mine = shards_for_rank(all_shards, settings.rank, settings.world_size)
+    table = PartTable.load(settings.part_table)
+    rules = load_rules(settings.rules) if settings.rules else DEFAULT_RULES
+    source = open_estimate_source(settings)
+    record = run_record(settings, table, rules, source)
+    claim_output(split_out, record, settings.overwrite)
+    ctx = VoteContext(
+        vertex_parts=table.vertex_parts,
+        accepted=rules.masks(table.part_names),
+        orig_min_score=settings.orig_min_score,
+        new_min_score=settings.new_min_score,
+        tie_policy=settings.tie_policy,
+        fingerprint=record["fingerprint"],
+    )
+    done = completed_results(split_out, [p.name for p in mine], record["fingerprint"])
+    outcome = RefineOutcome(skipped=sorted(done))
+    todo = [p for p in mine if p.name not in done]
+    if progress is not None:
+        progress(None, len(todo))
+    for path, result in _run_shards(todo, split_out, ctx, source, settings.workers):
+        if isinstance(result, ShardResult):
+            outcome.results.append(result)
+        else:
+            outcome.failed[path.name] = result
+        if progress is not None:
+            done_result = result if isinstance(result, ShardResult) else ShardResult(path.name)
+            progress(done_result, len(todo))
+    try:
+        outcome.manifest = finalize_split(split_out)
+    except IncompleteSplitError:
+        names = [p.name for p in all_shards]
+        complete = completed_results(split_out, names, record["fingerprint"])
+        outcome.pending_elsewhere = len(names) - len(complete) - len(outcome.failed)
+    return outcome
+
+
+def run_record(settings: RefineSettings, table: PartTable, rules, source: EstimateSource):
+    """What the outputs depend on; its hash is the fingerprint every marker must carry."""
+    provenance = {
+        "part_table_sha256": table.sha256,
+        "rules_sha256": rules.sha256,
+        "rules": {k: list(v) for k, v in rules.accepted.items()},
+        "estimator": source.provenance(),
+        "orig_min_score": settings.orig_min_score,
+        "new_min_score": settings.new_min_score,
+        "tie_policy": settings.tie_policy,
+        "data_root": str(settings.data_root),
+    }
+    parent = settings.parent_manifest
+    default_parent = settings.data_root / settings.split / "manifest.json"
+    if parent is None and default_parent.is_file():
+        parent = default_parent  # re-cleaning a cleaned (manifested) set
+    content = {"settings": settings.output_fingerprint(), "provenance": provenance}
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {
+        "fingerprint": fingerprint,
+        "split": settings.split,
+        "data_root": str(settings.data_root),
+        "parent_manifest": str(parent) if parent else None,
+        **content,
+    }
+
+
+def claim_output(split_out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an OUT made with other settings unless overwriting; then record ours."""
+    path = split_out / RUN_RECORD
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("fingerprint") != record["fingerprint"]:
+            if not overwrite:
+                changed = _changed_settings(previous, record)
+                raise ConfigurationMismatchError(
+                    f"{split_out} holds a run made with other settings ({changed}); use a new "
+                    f"--out, or --overwrite to redo every shard with the new settings"
+                )
+            (split_out / "manifest.json").unlink(missing_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _changed_settings(previous: dict[str, Any], record: dict[str, Any]) -> str:
+    changed = []
+    for group in ("settings", "provenance"):
+        old, new = previous.get(group, {}), record[group]
+        changed += [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "differs in: " + ", ".join(changed) if changed else "different fingerprint"
+
+
+# --- execution -------------------------------------------------------------------------------
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource) -> None:
+    _WORKER_STATE.update(split_out=split_out, ctx=ctx, source=source)
+
+
+def _worker_task(shard_path: Path, estimates) -> ShardResult:
+    state = _WORKER_STATE
+    if estimates is None:
+        estimates = state["source"].for_shard(shard_path)
+    return process_shard(shard_path, state["split_out"], state["ctx"], estimates)
+
+
+def _run_shards(
+    todo: list[Path], split_out: Path, ctx: VoteContext, source: EstimateSource, workers: int
+) -> Iterator[tuple[Path, ShardResult | str]]:
+    """Yield (shard, result or error message) as shards finish; one bad shard fails alone."""
+    if workers <= 0:
+        for path in todo:
+            try:
+                yield path, process_shard(path, split_out, ctx, source.for_shard(path))
+            except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
+                yield path, _shard_error(path, exc)
+        return
+    # Shard-parallel: sources that run a model estimate in this process (GPU) while the
+    # workers vote and write; file-backed sources load in each worker once.
+    with ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(split_out, ctx, source.for_workers())
+    ) as pool:
+        pending: list[tuple[Path, Future]] = []
+        for path in todo:
+            try:
+                estimates = None if source.workers_estimate else source.for_shard(path)
+            except Exception as exc:  # noqa: BLE001 - the estimator could not read this shard
+                yield path, _shard_error(path, exc)
+                continue
+            pending.append((path, pool.submit(_worker_task, path, estimates)))
+            while len(pending) > workers + 1 or (pending and pending[0][1].done()):
+                yield _collect(*pending.pop(0))
+        for item in pending:
+            yield _collect(*item)
+
+
+def _collect(path: Path, future: Future) -> tuple[Path, ShardResult | str]:
+    try:
+        return path, future.result()
+    except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
+        return path, _shard_error(path, exc)
+
+
+def _shard_error(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, ShardReadError):
+        return str(exc)
+    return f"shard {path} failed: {type(exc).__name__}: {exc}"
+
+
+def summary_lines(totals: dict[str, Any]) -> list[str]:
+    """The closing summary of spec section 6: updated X of Y (Z %), ties, errors by code."""
+    samples, updated = int(totals["samples"]), int(totals["updated"])
+    share = 100.0 * updated / samples if samples else 0.0
+    errors = ", ".join(f"{k} {v}" for k, v in totals["errors"].items()) or "none"
+    return [
+        f"updated {updated} of {samples} ({share:.1f} %)",
+        f"ties {totals['ties']}",
+        f"errors: {errors}",
+    ]

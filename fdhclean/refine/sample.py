@@ -1,0 +1,96 @@
+"""The one record type of the refine chain, and the decode step that fills it.
+
+Decoding reads only what the vote needs: `keypoints.npy`, `vertices.npy`, `E_mask.png`, and
+`mask.png` only when E_mask is empty (for the person box). The image is never decoded here; an
+estimator decodes it on its own workers. A sample that cannot be voted gets a status code
+(refine-spec section 4) and is later copied unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fdhclean.box import person_box
+from fdhclean.fdh import (
+    IMAGE_H,
+    IMAGE_W,
+    MEMBER_EMASK,
+    MEMBER_KEYPOINTS,
+    MEMBER_MASK,
+    MEMBER_VERTICES,
+    NUM_KEYPOINTS,
+)
+from fdhclean.shards import RawSample, decode_keypoints, decode_mask, decode_vertices
+
+STATUS_OK = "ok"
+STATUS_NO_ESTIMATE = "no-estimate"
+STATUS_BAD_MEMBER = "bad-member"
+STATUS_BAD_KEYPOINTS = "bad-keypoints"
+ERROR_STATUSES = (STATUS_NO_ESTIMATE, STATUS_BAD_MEMBER, STATUS_BAD_KEYPOINTS)
+
+# Stand-in for mask.png when E_mask already gives the box (mask is then never consulted).
+_ALL_KNOWN = np.ones((IMAGE_H, IMAGE_W), dtype=bool)
+
+
+@dataclass
+class Sample:
+    """One sample flowing through the chain: raw members in, decision and report fields out."""
+
+    raw: RawSample
+    status: str = STATUS_OK
+    error: str | None = None
+    keypoints: np.ndarray | None = None  # the original annotation exactly as stored
+    orig_norm: np.ndarray | None = None  # (17,3) float64, normalised
+    estimate_norm: np.ndarray | None = None  # (17,3) float64, normalised, v = score
+    emask: np.ndarray | None = None
+    vertices: np.ndarray | None = None
+    box: tuple[int, int, int, int] | None = None
+    box_source: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.raw.key
+
+    def fail(self, status: str, error: str) -> None:
+        """Record the first reason this sample cannot be voted (later ones are consequences)."""
+        if self.status == STATUS_OK:
+            self.status, self.error = status, error
+        self.emask = self.vertices = None  # free the maps; they are not needed any more
+
+
+def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
+    """Decode the members the vote needs; any failure becomes a `bad-member` status."""
+    sample = Sample(raw=raw)
+    try:
+        keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
+        if keypoints.size != NUM_KEYPOINTS * 3:
+            raise ValueError(f"keypoints.npy has shape {keypoints.shape}, expected (17, 3)")
+        sample.keypoints = keypoints
+        emask = decode_mask(raw.get(MEMBER_EMASK))
+        vertices = decode_vertices(raw.get(MEMBER_VERTICES))
+        _check_vertex_ids(vertices, emask, num_vertices)
+        known = _ALL_KNOWN if emask.any() else decode_mask(raw.get(MEMBER_MASK))
+        sample.box, sample.box_source = person_box(emask, known)
+        sample.emask, sample.vertices = emask, vertices
+    except (KeyError, ValueError, OSError) as exc:  # missing / undecodable / wrong shape
+        sample.fail(STATUS_BAD_MEMBER, _message(exc))
+        return sample
+    if not np.isfinite(np.asarray(keypoints, dtype=np.float64)).all():
+        sample.fail(STATUS_BAD_KEYPOINTS, "original keypoints contain NaN or inf")
+    return sample
+
+
+def _check_vertex_ids(vertices: np.ndarray, emask: np.ndarray, num_vertices: int) -> None:
+    ids = vertices[emask]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_vertices):
+        raise ValueError(
+            f"vertices.npy holds ids {int(ids.min())}..{int(ids.max())} under E_mask, outside "
+            f"the part table's 0..{num_vertices - 1}"
+        )
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{type(exc).__name__}: {text}"

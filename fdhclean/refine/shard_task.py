@@ -1,0 +1,247 @@
+"""One shard, end to end: read -> decode -> estimates -> score + vote -> write shard + report.
+
+This is the unit of work, output and resume (style.md point 4): outputs go to temporary names
+and are renamed, and the completion marker is written last, so a shard is either complete or
+redone by the next run. It knows nothing about ranks or pools (`runner` does).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fdhclean.fdh import (
+    IMAGE_H,
+    IMAGE_W,
+    MEMBER_KEYPOINTS,
+    MEMBER_KEYPOINTS_ESTIMATED,
+    MEMBER_KEYPOINTS_ORIGINAL,
+)
+from fdhclean.manifest import sha256_file
+from fdhclean.refine.report import empty_row, flat_keypoints, write_report
+from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
+from fdhclean.shards import (
+    ShardWriter,
+    atomic_write_bytes,
+    copy_sample_members,
+    detect_units,
+    encode_npy,
+    read_shard,
+    to_normalized,
+)
+from fdhclean.vote import Scores, chosen_keypoints, decide, score_keypoints
+
+CHUNK = 256  # samples scored together: bounds the stacked (N,288,160) maps to ~60 MB
+
+
+@dataclass(frozen=True)
+class VoteContext:
+    """Everything the vote of one shard depends on (picklable, sent to worker processes)."""
+
+    vertex_parts: np.ndarray
+    accepted: np.ndarray
+    orig_min_score: float = 0.0
+    new_min_score: float = 0.3
+    tie_policy: str = "new"
+    fingerprint: str = ""  # of everything the outputs depend on; stored in each marker
+
+
+@dataclass
+class ShardResult:
+    """What one shard produced; stored as its completion marker and summed by `finalize`."""
+
+    shard: str
+    samples: int = 0
+    updated: int = 0
+    ties: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    box_sources: dict[str, int] = field(default_factory=dict)
+    keypoint_units: str = "normalized"
+    input_bytes: int = 0
+    input_sha256: str = ""
+    output_bytes: int = 0
+    output_sha256: str = ""
+    seconds: float = 0.0
+    fingerprint: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardResult:
+        return cls(**data)
+
+
+def output_paths(split_out: Path, shard_name: str) -> tuple[Path, Path, Path]:
+    """(cleaned shard, report file, completion marker) of one input shard."""
+    stem = shard_name.removesuffix(".tar")
+    return (
+        split_out / shard_name,
+        split_out / "report" / f"{stem}.parquet",
+        split_out / ".done" / f"{stem}.json",
+    )
+
+
+def process_shard(
+    shard_path: Path,
+    split_out: Path,
+    ctx: VoteContext,
+    estimates: Mapping[str, np.ndarray],
+) -> ShardResult:
+    """Clean one shard. `estimates`: key -> (17,3) pixel coordinates + score (missing = none).
+
+    Raises `ShardReadError` when the shard cannot be read; per-sample problems become status
+    codes in the report instead.
+    """
+    start = time.perf_counter()
+    raw_samples = read_shard(shard_path)
+    samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in raw_samples]
+    units = detect_units(s.keypoints for s in samples if s.status == STATUS_OK)
+    attach_estimates(samples, estimates, units)
+    updated, tie, orig, new = vote_samples(samples, ctx)
+
+    tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
+    for path in (tar_path, report_path, marker_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rows = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
+    fill_report_rows(rows, samples, updated, tie, orig, new, units)
+    write_report(report_path, rows)
+
+    result = summarise(shard_path, tar_path, samples, updated, tie, units)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.fingerprint = ctx.fingerprint
+    atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
+    return result
+
+
+def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray], units: str):
+    """Normalise originals (in the shard's units) and attach normalised estimates."""
+    for s in samples:
+        if s.status != STATUS_OK:
+            continue
+        s.orig_norm = to_normalized(np.asarray(s.keypoints).reshape(17, 3), units)
+        est = estimates.get(s.key)
+        if est is None:
+            s.fail(STATUS_NO_ESTIMATE, "no prediction for this key")
+            continue
+        est = np.asarray(est, dtype=np.float64).reshape(17, 3)
+        if not np.isfinite(est).all():
+            s.fail(STATUS_NO_ESTIMATE, "the estimate contains NaN or inf")
+            continue
+        s.estimate_norm = est / np.array([IMAGE_W, IMAGE_H, 1.0])
+
+
+def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
+    """Score both annotations of every `ok` sample in chunks; returns per-sample arrays.
+
+    Arrays are aligned with `samples`; entries of samples that were not voted are meaningless.
+    """
+    n = len(samples)
+    updated = np.zeros(n, dtype=bool)
+    tie = np.zeros(n, dtype=bool)
+    orig: dict[int, dict[str, Any]] = {}
+    new: dict[int, dict[str, Any]] = {}
+    ok = [i for i, s in enumerate(samples) if s.status == STATUS_OK]
+    for lo in range(0, len(ok), CHUNK):
+        idx = ok[lo : lo + CHUNK]
+        emask = np.stack([samples[i].emask for i in idx])
+        vertices = np.stack([samples[i].vertices for i in idx])
+        o = _score(
+            ctx, np.stack([samples[i].orig_norm for i in idx]), ctx.orig_min_score, emask, vertices
+        )
+        w = _score(
+            ctx,
+            np.stack([samples[i].estimate_norm for i in idx]),
+            ctx.new_min_score,
+            emask,
+            vertices,
+        )
+        up, ti = decide(o, w, ctx.tie_policy)
+        updated[idx], tie[idx] = up, ti
+        for j, i in enumerate(idx):
+            orig[i], new[i] = o.row(j), w.row(j)
+            samples[i].emask = samples[i].vertices = None  # done with the maps
+    return updated, tie, orig, new
+
+
+def _score(ctx: VoteContext, kp, min_score, emask, vertices) -> Scores:
+    return score_keypoints(kp, min_score, emask, vertices, ctx.vertex_parts, ctx.accepted)
+
+
+def write_cleaned_shard(
+    tar_path: Path,
+    samples: Sequence[Sample],
+    updated: np.ndarray,
+    new_min_score: float,
+    units: str,
+) -> list[dict[str, Any]]:
+    """Write the cleaned shard (same samples, same order); returns the report rows begun."""
+    rows = []
+    with ShardWriter(tar_path) as writer:
+        for i, s in enumerate(samples):
+            replace: dict[str, bytes] = {}
+            add: dict[str, bytes] = {}
+            if s.status == STATUS_OK:
+                if updated[i]:
+                    kp = chosen_keypoints(s.keypoints, s.estimate_norm, True, new_min_score, units)
+                    replace[MEMBER_KEYPOINTS] = encode_npy(kp)
+                extra = {
+                    MEMBER_KEYPOINTS_ORIGINAL: encode_npy(s.orig_norm.astype(np.float32)),
+                    MEMBER_KEYPOINTS_ESTIMATED: encode_npy(s.estimate_norm.astype(np.float32)),
+                }
+                for name, data in extra.items():  # re-cleaning a cleaned set replaces them
+                    (replace if s.raw.find(name) else add)[name] = data
+            writer.write(s.key, copy_sample_members(s.raw, replace=replace, add=add))
+            rows.append(empty_row())
+    return rows
+
+
+def fill_report_rows(rows, samples, updated, tie, orig, new, units) -> None:
+    for i, (row, s) in enumerate(zip(rows, samples, strict=True)):
+        row.update(
+            key=s.key,
+            shard=s.raw.shard,
+            index=s.raw.index,
+            status=s.status,
+            error=s.error,
+            updated=bool(updated[i]) if s.status == STATUS_OK else False,
+            tie=bool(tie[i]) if s.status == STATUS_OK else False,
+            orig_keypoints=flat_keypoints(_normalised_original(s, units)),
+            new_keypoints=flat_keypoints(s.estimate_norm),
+            box=list(s.box) if s.box else None,
+            box_source=s.box_source,
+            keypoint_units=units,
+        )
+        for side, scores in (("orig", orig.get(i)), ("new", new.get(i))):
+            if scores is not None:
+                for name, value in scores.items():
+                    row[f"{side}_{name}"] = value
+
+
+def _normalised_original(s: Sample, units: str) -> np.ndarray | None:
+    if s.orig_norm is not None:
+        return s.orig_norm
+    if s.keypoints is None:
+        return None
+    return to_normalized(np.asarray(s.keypoints, dtype=np.float64).reshape(17, 3), units)
+
+
+def summarise(shard_path, tar_path, samples, updated, tie, units) -> ShardResult:
+    ok = np.array([s.status == STATUS_OK for s in samples], dtype=bool)
+    return ShardResult(
+        shard=shard_path.name,
+        samples=len(samples),
+        updated=int((updated & ok).sum()),
+        ties=int((tie & ok).sum()),
+        errors=dict(sorted(Counter(s.status for s in samples if s.status != STATUS_OK).items())),
+        box_sources=dict(sorted(Counter(s.box_source for s in samples if s.box_source).items())),
+        keypoint_units=units,
+        input_bytes=shard_path.stat().st_size,
+        input_sha256=sha256_file(shard_path),
+        output_bytes=tar_path.stat().st_size,
+        output_sha256=sha256_file(tar_path),
+    )

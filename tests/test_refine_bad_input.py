@@ -1,0 +1,96 @@
+"""Bad input never stops a run silently: per-sample status codes, per-shard failures."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+from fdhclean.cli import main
+from fdhclean.shards import ShardWriter, read_shard
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def doctor_shard(path, edits):
+    """Rewrite a shard with `edits[index](members) -> members` applied to some samples."""
+    samples = read_shard(path)
+    with ShardWriter(path) as writer:
+        for s in samples:
+            members = dict(s.members)
+            if s.index in edits:
+                members = edits[s.index](members)
+            writer.write(s.key, members)
+    return [s.key for s in samples]
+
+
+def _drop(name):
+    return lambda m: {k: v for k, v in m.items() if k.lower() != name}
+
+
+def _set(name, data):
+    def edit(m):
+        stored = next(k for k in m if k.lower() == name)
+        return {k: (data if k == stored else v) for k, v in m.items()}
+
+    return edit
+
+
+def test_bad_samples_get_codes_and_bad_shards_fail_alone(synth_copy, tmp_path, capsys):
+    val = synth_copy / "val"
+    shards = sorted(val.glob("out-*.tar"))
+    nan_kp = np.full((17, 3), np.nan, dtype=np.float32)
+    keys = doctor_shard(
+        shards[0],
+        {
+            0: _drop("vertices.npy"),
+            1: _set("e_mask.png", b"not a png"),
+            2: _set("vertices.npy", _npy(np.zeros((100, 100), np.int32))),
+            3: _set("keypoints.npy", _npy(nan_kp)),
+            4: _set("vertices.npy", _npy(np.full((288, 160), 10**6, np.int32))),
+        },
+    )
+    predictions = json.loads((synth_copy / "predictions_val.json").read_text())
+    (synth_copy / "predictions_val.json").write_text(
+        json.dumps([p for p in predictions if str(p["image_id"]) != keys[5]])
+    )
+    data = shards[2].read_bytes()
+    shards[2].write_bytes(data[: len(data) // 2])  # truncated mid-way
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+
+    out = tmp_path / "out"
+    code = main(
+        ["refine", "--split", "val", "--data-root", str(synth_copy), "--out", str(out),
+         "--part-table", str(synth_copy / "parts.npz"),
+         "--predictions", str(synth_copy / "predictions_val.json")]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    assert shards[2].name in captured.err and "FAILED" in captured.err
+    assert "updated" in captured.out  # the summary is still printed
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shards}
+    assert after == before, "inputs must never be modified"
+
+    report = pd.read_parquet(out / "val" / "report").set_index("key")
+    assert set(report.shard) == {shards[0].name, shards[1].name}
+    status = report.status.to_dict()
+    assert [status[k] for k in keys[:6]] == [
+        "bad-member", "bad-member", "bad-member", "bad-keypoints", "bad-member", "no-estimate",
+    ]  # fmt: skip
+    bad = report.loc[keys[:6]]
+    assert bad.orig_frac.isna().all() and bad.new_frac.isna().all()
+    assert not bad.updated.any()
+    assert bad.error.notna().all()
+    # failed samples are copied unchanged, with no member added
+    originals = {s.key: s.members for s in read_shard(shards[0])}
+    for s in read_shard(out / "val" / shards[0].name):
+        if s.key in keys[:6]:
+            assert s.members == originals[s.key]
+    assert not (out / "val" / "manifest.json").exists()
