@@ -59,9 +59,12 @@ def _entry(i: int, entry, path: Path) -> tuple[str, np.ndarray, float]:
         if name not in entry:
             raise ValueError(f"{where} has no {name!r}")
     image_id = entry["image_id"]
-    if isinstance(image_id, bool) or not isinstance(image_id, int | str):
-        raise ValueError(f"{where}: image_id {image_id!r} is not an integer")
-    key = canonical_key(image_id)
+    try:
+        if isinstance(image_id, bool) or not isinstance(image_id, int | str):
+            raise ValueError
+        key = canonical_key(image_id)
+    except ValueError:
+        raise ValueError(f"{where}: image_id {image_id!r} is not an integer") from None
     if entry.get("category_id", 1) != 1:
         raise ValueError(f"{where}: category_id {entry['category_id']!r} is not 1 (person)")
     values = entry["keypoints"]

@@ -1,0 +1,130 @@
+"""`fdhclean estimate`: the GPU step alone, writing COCO results (refine-spec section 7).
+
+Reads the split's shards (this rank's share), decodes image + E_mask (+ mask when E_mask is
+empty), takes the person box of section 5, runs the estimator and writes
+`[{"image_id", "category_id": 1, "keypoints": [x, y, score] * 17, "score": mean score}]` in
+pixels of the 288x160 image, plus `<out>.meta.json` with the estimator's provenance. Samples
+that fail to decode are skipped and counted (refine reports them as no-estimate); a shard that
+cannot be read fails alone and makes the exit code non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "estimate",
+        help="run a pose estimator over a split and write COCO results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--split", required=True)
+    p.add_argument("--data-root", required=True, help="ROOT holding ROOT/SPLIT/out-NNNNNN.tar")
+    p.add_argument("--estimator", required=True, choices=["vitpose-hf", "vitpose-mmpose"])
+    p.add_argument("--checkpoint", required=True, help="local weights (directory or .pth)")
+    p.add_argument("--checkpoint-sha256", help="refuse weights with another sha256")
+    p.add_argument("--mmpose-config", help="vitpose-mmpose: config file (default: ViTPose-H)")
+    p.add_argument("--out", required=True, help="FILE.json; with --world-size > 1 use {rank}")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="crop/decode processes (0: inline)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--no-flip-test", dest="flip_test", action="store_false")
+    p.add_argument("--rank", type=int, help="default: $RANK or 0")
+    p.add_argument("--world-size", type=int, help="default: $WORLD_SIZE or 1")
+    p.add_argument("--limit", type=int, help="stop after N samples (quick checks)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def _samples(shards: list[Path], counts: Counter, limit: int | None) -> Iterator[tuple]:
+    """(key, image, box) of every decodable sample; failures are counted by reason."""
+    import numpy as np
+
+    from fdhclean import fdh
+    from fdhclean.box import person_box
+    from fdhclean.decode import decode_image, decode_mask
+    from fdhclean.shards import ShardReadError, iter_shard
+
+    for shard in shards:
+        try:
+            for sample in iter_shard(shard):
+                if limit is not None and counts["samples"] >= limit:
+                    return
+                counts["samples"] += 1
+                try:
+                    image = decode_image(sample.get(fdh.MEMBER_IMAGE))
+                    emask = decode_mask(sample.get(fdh.MEMBER_EMASK))
+                    known = np.ones_like(emask)
+                    if not emask.any():
+                        known = decode_mask(sample.get(fdh.MEMBER_MASK))
+                except (KeyError, ValueError):
+                    counts["bad-member"] += 1
+                    continue
+                box, _source = person_box(emask, known)
+                yield sample.key, image, np.asarray(box)
+        except ShardReadError as e:
+            counts["failed-shards"] += 1
+            print(f"estimate: {e}")
+
+
+def _out_path(out: str, rank: int, world_size: int) -> Path:
+    if world_size > 1:
+        if "{rank}" not in out:
+            raise ValueError("--out must contain {rank} when --world-size > 1")
+        return Path(out.format(rank=rank))
+    return Path(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fdhclean.estimators import build_estimator, estimate_samples
+    from fdhclean.estimators.predictions import write_predictions
+    from fdhclean.shards import atomic_write_bytes, list_shards, rank_from_env, shards_for_rank
+
+    try:
+        rank, world = rank_from_env(args.rank, args.world_size)
+        out = _out_path(args.out, rank, world)
+        shards = shards_for_rank(list_shards(args.data_root, args.split), rank, world)
+        options = {"config": args.mmpose_config} if args.mmpose_config else {}
+        estimator = build_estimator(
+            args.estimator, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
+            device=args.device, batch_size=args.batch_size, flip_test=args.flip_test,
+            dtype=args.dtype, **options,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"estimate: {e}")
+        return 2
+    counts: Counter = Counter()
+    items = []
+    stream = estimate_samples(
+        estimator, _samples(shards, counts, args.limit), batch_size=args.batch_size,
+        workers=args.workers, progress=args.progress,
+    )  # fmt: skip
+    for key, kps in stream:
+        if kps is None:
+            counts["estimator-failed"] += 1
+        else:
+            items.append((key, kps, float(kps[:, 2].mean())))
+    write_predictions(out, items)
+    meta = {
+        "estimator": estimator.name, "weights_sha256": estimator.weights_sha256,
+        "checkpoint": str(args.checkpoint), "flip_test": args.flip_test, "split": args.split,
+        "rank": rank, "world_size": world, "shards": [s.name for s in shards],
+        "samples": counts["samples"], "estimated": len(items),
+        "errors": {k: counts[k] for k in ("bad-member", "estimator-failed", "failed-shards")},
+    }  # fmt: skip
+    meta_path = out.with_name(out.name + ".meta.json")
+    atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+    print(
+        f"estimated {len(items)} of {counts['samples']} samples with {estimator.name} "
+        f"(weights sha256 {estimator.weights_sha256}); skipped: {counts['bad-member']} "
+        f"undecodable, {counts['estimator-failed']} estimator failures; "
+        f"{counts['failed-shards']} unreadable shards -> {out}"
+    )
+    return 1 if counts["failed-shards"] else 0

@@ -1,0 +1,276 @@
+"""vitpose-hf against transformers' own per-image pipeline, flip test, decoding, predictions I/O,
+local-weights checks and the `fdhclean estimate` command (tiny random-init ViTPose)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fdhclean import fdh
+from fdhclean.estimators import topdown
+from fdhclean.estimators.predictions import (
+    Predictions,
+    count_foreign,
+    load_predictions,
+    write_predictions,
+)
+
+BOXES = np.array([(10, 20, 150, 280), (0, 0, 160, 288), (40, 100, 90, 130), (3, 5, 9, 200),
+                  (50, 50, 52, 53), (20, 0, 160, 100)])  # fmt: skip
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, fdh.IMAGE_H, fdh.IMAGE_W, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_vitpose(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bb = tf.VitPoseBackboneConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  out_indices=[2])  # fmt: skip
+    cfg = tf.VitPoseConfig(backbone_config=bb, use_simple_decoder=False, num_labels=17)
+    model = tf.VitPoseForPoseEstimation(cfg).eval()
+    path = tmp_path_factory.mktemp("vitpose")
+    model.save_pretrained(path)
+    return path, model
+
+
+def _build(path, **kw):
+    from fdhclean.estimators import build_estimator
+
+    return build_estimator("vitpose-hf", checkpoint=path, device="cpu", **kw)
+
+
+def test_equals_transformers_per_image_pipeline(tiny_vitpose):
+    import torch
+    from transformers import VitPoseImageProcessor
+
+    path, model = tiny_vitpose
+    images = _images(len(BOXES))
+    ours = _build(path, flip_test=False, blur="transformers", batch_size=4).estimate(images, BOXES)
+    proc = VitPoseImageProcessor()
+    for i, (x0, y0, x1, y1) in enumerate(BOXES):
+        boxes = [[[x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0]]]  # COCO xywh in the library frame
+        inputs = proc(images=[images[i]], boxes=boxes, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**inputs)
+        ref = proc.post_process_pose_estimation(out, boxes=boxes)[0][0]
+        found = ref["scores"].numpy() > 0
+        assert found.mean() > 0.8
+        # Residual: a few crop pixels round to the other uint8 level (float64 vs float32 warp).
+        np.testing.assert_allclose(ours[i, found, :2], ref["keypoints"].numpy()[found] + 0.5,
+                                   atol=0.05)  # fmt: skip
+        np.testing.assert_allclose(ours[i, :, 2], ref["scores"].numpy(), atol=1e-4)
+
+
+def _unmirror(kps):
+    """Keypoints of a mirrored image -> the original image's frame (x -> W - x, swap sides)."""
+    out = kps[:, list(fdh.FLIP_PERMUTATION)].copy()
+    out[..., 0] = fdh.IMAGE_W - out[..., 0]
+    return out
+
+
+def _peaks(n, seed):
+    """Peaked heatmaps (UDP Gaussians, sigma 2) at random sub-pixel centres."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: topdown.HEATMAP_H, : topdown.HEATMAP_W]
+    mu = rng.uniform([3, 3], [topdown.HEATMAP_W - 4, topdown.HEATMAP_H - 4], (n, 17, 2))
+    d2 = (xx - mu[..., 0, None, None]) ** 2 + (yy - mu[..., 1, None, None]) ** 2
+    return (rng.uniform(0.3, 1.0, (n, 17, 1, 1)) * np.exp(-d2 / 8)).astype(np.float32)
+
+
+def test_flip_test_is_mirror_equivariant(tiny_vitpose):
+    """Mirrored image + mirrored box -> mirrored keypoints, left/right swapped.
+
+    Checked in its two exact parts, because a random network's flat heatmaps make DARK's
+    Newton step ill-conditioned (1e-5 changes move it by pixels): (1) the crop of the mirrored
+    input is the mirrored crop and the flip-tested heatmaps of a mirrored crop are the
+    original's mirrored with channels swapped; (2) decoding commutes with mirroring.
+    """
+    path, _ = tiny_vitpose
+    images = _images(3, seed=1)
+    boxes = BOXES[:3]
+    mboxes = np.stack([fdh.IMAGE_W - boxes[:, 2], boxes[:, 1], fdh.IMAGE_W - boxes[:, 0],
+                       boxes[:, 3]], 1)  # fmt: skip
+    pre = [topdown.preprocess(images[i], boxes[i]) for i in range(3)]
+    mpre = [topdown.preprocess(images[i][:, ::-1].copy(), mboxes[i]) for i in range(3)]
+    crops, metas = (np.stack([p[j] for p in pre]) for j in (0, 1))
+    mcrops, mmetas = (np.stack([p[j] for p in mpre]) for j in (0, 1))
+    diff = np.abs(mcrops - crops[..., ::-1])
+    assert (diff > 1e-4).mean() < 1e-3 and diff.max() < 0.02  # at most one uint8 level, rarely
+    np.testing.assert_allclose(mmetas[:, 0], fdh.IMAGE_W - 1 - metas[:, 0])
+    mirrored = np.ascontiguousarray(crops[..., ::-1])
+    est = _build(path, flip_test=True)
+    heat = est.predict_heatmaps(crops)
+    np.testing.assert_allclose(topdown.unflip_heatmaps(est.predict_heatmaps(mirrored)), heat,
+                               atol=1e-5)  # fmt: skip
+    # Without the flip test the network alone is not equivariant: the check above can fail.
+    plain = _build(path, flip_test=False)
+    gap = topdown.unflip_heatmaps(plain.predict_heatmaps(mirrored)) - plain.predict_heatmaps(crops)
+    assert np.abs(gap).max() > 1e-3
+    peaks = _peaks(3, seed=5)
+    ours = est.decode(peaks, metas)
+    theirs = est.decode(np.ascontiguousarray(topdown.unflip_heatmaps(peaks)), mmetas)
+    np.testing.assert_allclose(_unmirror(theirs), ours, atol=1e-3)
+
+
+@pytest.mark.parametrize("blur", topdown.BLUR_MODES)
+def test_decode_recovers_subpixel_peak(blur):
+    """A UDP Gaussian (sigma 2, ViTPose's training target) decodes back to its centre."""
+    meta = topdown.box_center_scale(np.array([20, 30, 120, 250]))
+    mu = np.array([[17.3, 40.6], [3.8, 5.2], [30.5, 22.25]])
+    yy, xx = np.mgrid[: topdown.HEATMAP_H, : topdown.HEATMAP_W]
+    hm = np.zeros((1, 17, topdown.HEATMAP_H, topdown.HEATMAP_W), np.float32)
+    for k in range(17):
+        mx, my = mu[k % 3]
+        hm[0, k] = np.exp(-((xx - mx) ** 2 + (yy - my) ** 2) / (2 * 2.0**2))
+    kps = topdown.decode(hm, meta[None], blur=blur)[0]
+    cx, cy, w, h = meta
+    expect_x = mu[np.arange(17) % 3, 0] * w / 47 + cx - w / 2 + 0.5
+    expect_y = mu[np.arange(17) % 3, 1] * h / 63 + cy - h / 2 + 0.5
+    tol = 0.05 * w / 47  # a twentieth of a heatmap pixel
+    np.testing.assert_allclose(kps[:, 0], expect_x, atol=tol)
+    np.testing.assert_allclose(kps[:, 1], expect_y, atol=tol)
+    np.testing.assert_allclose(kps[:, 2], hm[0].max(axis=(1, 2)))  # score: the maximum
+
+
+def test_missing_checkpoint_and_sha256(tiny_vitpose, tmp_path):
+    from fdhclean.estimators import build_estimator
+    from fdhclean.estimators.weights import sha256_file
+
+    path, _ = tiny_vitpose
+    missing = tmp_path / "no-such-weights"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        _build(missing)
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        _build(path, checkpoint_sha256="0" * 64)
+    good = sha256_file(path / "model.safetensors")
+    assert _build(path, checkpoint_sha256=good.upper()).weights_sha256 == good
+    with pytest.raises(ValueError, match="unknown estimator"):
+        build_estimator("vitpose-xl", checkpoint=path)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_estimate_samples_order_and_failures(tiny_vitpose, workers):
+    from fdhclean.estimators import estimate_samples
+
+    path, _ = tiny_vitpose
+    est = _build(path, flip_test=True)
+    images = _images(5, seed=2)
+    boxes = BOXES[:5].copy()
+    boxes[2] = (7, 7, 7, 30)  # empty box: the estimator cannot run on it
+    samples = [(str(100 + i), images[i], boxes[i]) for i in range(5)]
+    out = list(estimate_samples(est, samples, batch_size=2, workers=workers, progress=False))
+    assert [k for k, _ in out] == [s[0] for s in samples]
+    assert out[2][1] is None
+    good = [0, 1, 3, 4]
+    np.testing.assert_allclose(np.stack([out[i][1] for i in good]),
+                               est.estimate(images[good], boxes[good]), atol=1e-4)  # fmt: skip
+
+
+def test_predictions_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    kps = (rng.random((3, 17, 3)) * [160, 288, 1]).astype(np.float32)
+    path = tmp_path / "p.json"
+    write_predictions(path, [("7", kps[0], 0.5), ("0008", kps[1], 0.4), ("9", kps[2], 0.3)])
+    pred = load_predictions(path)
+    assert isinstance(pred, Predictions) and pred.num_entries == 3 and pred.num_duplicates == 0
+    np.testing.assert_array_equal(pred.get("7"), kps[0])  # bit-exact float32
+    np.testing.assert_array_equal(pred.get("8"), kps[1])
+    assert pred.get("10") is None
+    assert count_foreign(pred, {"7", "8"}) == 1
+    assert len(pred.sha256) == 64 and list(tmp_path.iterdir()) == [path]
+
+
+def _entry(image_id, score, x=1.0):
+    return {"image_id": image_id, "category_id": 1, "keypoints": [x, 2.0, 0.5] * 17,
+            "score": score}  # fmt: skip
+
+
+def test_predictions_duplicates_and_errors(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([_entry(5, 0.2, 1.0), _entry(5, 0.9, 3.0), _entry(5, 0.5, 4.0)]))
+    pred = load_predictions(path)
+    assert pred.num_duplicates == 2 and pred.get("5")[0, 0] == 3.0
+    bad = [
+        ({"image_id": 1, "keypoints": [0] * 51}, "no 'score'"),
+        (_entry(1, 0.5) | {"keypoints": [0] * 50}, "list of 51"),
+        (_entry(1, 0.5) | {"category_id": 2}, "category_id"),
+        (_entry("x1", 0.5), "not an integer"),
+        (_entry(1, float("nan")), "NaN"),
+        ([1, 2], "expected an object"),
+    ]
+    for entry, message in bad:
+        path.write_text(json.dumps([_entry(2, 0.1), entry]))
+        with pytest.raises(ValueError, match=message) as err:
+            load_predictions(path)
+        assert "entry 1" in str(err.value) and str(path) in str(err.value)
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="JSON list"):
+        load_predictions(path)
+
+
+def _write_shard(path, samples):
+    from fdhclean.decode import encode_png
+    from fdhclean.shards import ShardWriter
+
+    with ShardWriter(path) as writer:
+        for key, members in samples:
+            writer.write(key, {k: (encode_png(v) if isinstance(v, np.ndarray) else v)
+                               for k, v in members.items()})  # fmt: skip
+
+
+def test_estimate_command(tiny_vitpose, tmp_path):
+    from fdhclean.cli import main
+
+    path, _ = tiny_vitpose
+    split = tmp_path / "data" / "val"
+    split.mkdir(parents=True)
+    images = _images(4, seed=4)
+    emask = np.zeros((288, 160), np.uint8)
+    emask[50:200, 40:120] = 1
+    known = np.ones((288, 160), np.uint8)
+    known[100:150, 60:90] = 0
+    samples = [
+        ("11", {"image.png": images[0], "E_mask.png": emask, "mask.png": known}),
+        ("12", {"image.png": images[1], "e_mask.png": np.zeros_like(emask), "mask.png": known}),
+        ("13", {"image.png": b"not a png", "E_mask.png": emask, "mask.png": known}),
+        ("14", {"image.png": images[3], "E_mask.png": emask, "mask.png": known}),
+    ]
+    _write_shard(split / "out-000000.tar", samples)
+    out = tmp_path / "pred.json"
+    args = ["estimate", "--split", "val", "--data-root", str(tmp_path / "data"), "--estimator",
+            "vitpose-hf", "--checkpoint", str(path), "--out", str(out), "--workers", "0",
+            "--device", "cpu", "--no-progress", "--batch-size", "2"]  # fmt: skip
+    assert main(args) == 0
+    pred = load_predictions(out)
+    assert sorted(pred.keypoints) == ["11", "12", "14"]
+    est = _build(path)
+    expect = est.estimate(images[[0, 1]], np.array([[40, 50, 120, 200], [60, 100, 90, 150]]))
+    np.testing.assert_allclose(pred.get("11"), expect[0], atol=1e-3)
+    np.testing.assert_allclose(pred.get("12"), expect[1], atol=1e-3)
+    meta = json.loads(out.with_name("pred.json.meta.json").read_text())
+    assert meta["errors"]["bad-member"] == 1 and meta["weights_sha256"] == est.weights_sha256
+    assert main([*args, "--checkpoint-sha256", "0" * 64]) == 2
+
+
+def test_vitpose_mmpose_without_mmpose_names_the_requirements(tmp_path):
+    try:
+        import mmpose  # noqa: F401
+
+        pytest.skip("mmpose is importable here")
+    except ImportError:
+        pass
+    from fdhclean.estimators import build_estimator
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="requirements-mmpose.txt"):
+        build_estimator("vitpose-mmpose", checkpoint=weights)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        build_estimator("vitpose-mmpose", checkpoint=tmp_path / "nope.pth")
