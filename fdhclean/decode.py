@@ -8,7 +8,9 @@ dtype). Anything else is a ValueError, so a caller can turn it into a per-sample
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -85,15 +87,40 @@ def decode_mask(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.nd
     return array > 0
 
 
+@functools.lru_cache(maxsize=64)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of a `.npy` header, parsed once per layout.
+
+    Parsing the header (a Python literal) costs more than reading a 288x160 array, and every
+    sample of a shard repeats the same few headers, so parsed headers are cached.
+    """
+    fp = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    return shape, fortran, dtype, fp.tell()
+
+
 def decode_npy(data: bytes) -> np.ndarray:
     """Load one `.npy` member without pickle; ValueError when it is not a plain array."""
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if data[:6] != b"\x93NUMPY" or len(data) < 10:
+            raise ValueError("not a .npy file (bad magic)")
+        header_len = int.from_bytes(data[8:10] if data[6] == 1 else data[8:12], "little")
+        end = (10 if data[6] == 1 else 12) + header_len
+        shape, fortran, dtype, offset = _npy_header(bytes(data[:end]))
+        if dtype.hasobject:
+            raise ValueError("object arrays (pickled .npy) are refused")
+        count = math.prod(shape)
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
         raise ValueError(f"undecodable .npy ({len(data)} bytes): {exc}") from exc
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"expected one .npy array, got {type(array).__name__}")
-    return array
+    return array.copy()  # writable, and independent of the member's bytes
 
 
 def decode_vertices(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:

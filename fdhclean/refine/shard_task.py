@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ from fdhclean.fdh import (
     MEMBER_KEYPOINTS_ORIGINAL,
 )
 from fdhclean.manifest import sha256_file
+from fdhclean.refine.originals import OriginalSource, StoredOriginals, stored_precision
 from fdhclean.refine.report import empty_row, flat_keypoints, write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
 from fdhclean.shards import (
     ShardWriter,
     atomic_write_bytes,
     copy_sample_members,
-    detect_units,
     encode_npy,
     read_shard,
     to_normalized,
@@ -51,6 +52,8 @@ class VoteContext:
     new_min_score: float = 0.3
     tie_policy: str = "new"
     fingerprint: str = ""  # of everything the outputs depend on; stored in each marker
+    # Where the original annotation comes from: the shard (refine) or a parent report (revote).
+    originals: OriginalSource = field(default_factory=StoredOriginals)
 
 
 @dataclass
@@ -98,32 +101,45 @@ def process_shard(
     codes in the report instead.
     """
     start = time.perf_counter()
+    # hashlib releases the GIL: the input and output hashes run beside the decoding and the
+    # report instead of re-reading both files at the end.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    try:
+        input_hash = hasher.submit(sha256_file, shard_path)
+        result = _process(shard_path, split_out, ctx, estimates, hasher, input_hash)
+    finally:
+        hasher.shutdown(wait=True)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.fingerprint = ctx.fingerprint
+    marker_path = output_paths(split_out, shard_path.name)[2]
+    atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
+    return result
+
+
+def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> ShardResult:
     raw_samples = read_shard(shard_path)
     samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in raw_samples]
-    units = detect_units(s.keypoints for s in samples if s.status == STATUS_OK)
-    attach_estimates(samples, estimates, units)
+    units = ctx.originals.prepare(shard_path, samples)
+    attach_estimates(samples, estimates)
     updated, tie, orig, new = vote_samples(samples, ctx)
 
     tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
     for path in (tar_path, report_path, marker_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     rows = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
+    output_hash = hasher.submit(sha256_file, tar_path)
     fill_report_rows(rows, samples, updated, tie, orig, new, units)
     write_report(report_path, rows)
-
     result = summarise(shard_path, tar_path, samples, updated, tie, units)
-    result.seconds = round(time.perf_counter() - start, 3)
-    result.fingerprint = ctx.fingerprint
-    atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
+    result.input_sha256, result.output_sha256 = input_hash.result(), output_hash.result()
     return result
 
 
-def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray], units: str):
-    """Normalise originals (in the shard's units) and attach normalised estimates."""
+def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray]) -> None:
+    """Attach normalised estimates, at the report's float32 precision (see `originals`)."""
     for s in samples:
         if s.status != STATUS_OK:
             continue
-        s.orig_norm = to_normalized(np.asarray(s.keypoints).reshape(17, 3), units)
         est = estimates.get(s.key)
         if est is None:
             s.fail(STATUS_NO_ESTIMATE, "no prediction for this key")
@@ -132,7 +148,7 @@ def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarr
         if not np.isfinite(est).all():
             s.fail(STATUS_NO_ESTIMATE, "the estimate contains NaN or inf")
             continue
-        s.estimate_norm = est / np.array([IMAGE_W, IMAGE_H, 1.0])
+        s.estimate_norm = stored_precision(est / np.array([IMAGE_W, IMAGE_H, 1.0]))
 
 
 def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
@@ -189,6 +205,8 @@ def write_cleaned_shard(
                 if updated[i]:
                     kp = chosen_keypoints(s.keypoints, s.estimate_norm, True, new_min_score, units)
                     replace[MEMBER_KEYPOINTS] = encode_npy(kp)
+                elif s.restore_keypoints is not None:  # a revote keeps a replaced original
+                    replace[MEMBER_KEYPOINTS] = s.restore_keypoints
                 extra = {
                     MEMBER_KEYPOINTS_ORIGINAL: encode_npy(s.orig_norm.astype(np.float32)),
                     MEMBER_KEYPOINTS_ESTIMATED: encode_npy(s.estimate_norm.astype(np.float32)),
@@ -241,7 +259,5 @@ def summarise(shard_path, tar_path, samples, updated, tie, units) -> ShardResult
         box_sources=dict(sorted(Counter(s.box_source for s in samples if s.box_source).items())),
         keypoint_units=units,
         input_bytes=shard_path.stat().st_size,
-        input_sha256=sha256_file(shard_path),
         output_bytes=tar_path.stat().st_size,
-        output_sha256=sha256_file(tar_path),
     )
