@@ -112,7 +112,47 @@ def _device_for_rank(device: str) -> str:
     return f"cuda:{int(local_rank)}" if torch.cuda.is_available() else "cpu"
 
 
+class ReportEstimates:
+    """`fdhclean revote`: the raw estimates a cleaned split's report kept (`new_keypoints`).
+
+    Each shard's estimates come from its own report file, as pixels: float64(x32) * 160 is
+    exact, so the refine chain's division by 160 gives back the stored float32 value exactly.
+    """
+
+    workers_estimate = True
+
+    def __init__(self, split_dir: Path) -> None:
+        self.split_dir = Path(split_dir)
+
+    def provenance(self) -> dict[str, Any]:
+        from fdhclean.refine.finalize import read_run_record
+
+        parent = read_run_record(self.split_dir)
+        return {
+            "name": "report",
+            "report": str(self.split_dir / "report"),
+            "parent_estimator": parent["provenance"].get("estimator"),
+        }
+
+    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
+        from fdhclean.fdh import IMAGE_H, IMAGE_W
+        from fdhclean.refine.originals import read_parent_rows
+
+        scale = np.array([IMAGE_W, IMAGE_H, 1.0])
+        rows = read_parent_rows(shard_path, ["status", "new_keypoints"])
+        return {
+            key: np.asarray(row["new_keypoints"], dtype=np.float64).reshape(-1, 3) * scale
+            for key, row in rows.items()
+            if row["status"] == "ok" and row["new_keypoints"] is not None
+        }
+
+    def for_workers(self) -> ReportEstimates:
+        return self
+
+
 def open_estimate_source(settings: RefineSettings) -> EstimateSource:
+    if settings.revote:
+        return ReportEstimates(settings.data_root / settings.split)
     if settings.predictions is not None:
         return PredictionsSource(settings.predictions)
     return ModelSource(settings)

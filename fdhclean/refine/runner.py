@@ -27,6 +27,7 @@ from fdhclean.refine.finalize import (
     completed_results,
     finalize_split,
 )
+from fdhclean.refine.originals import ReportOriginals, StoredOriginals
 from fdhclean.refine.settings import RefineSettings
 from fdhclean.refine.shard_task import ShardResult, VoteContext, process_shard
 from fdhclean.rules import DEFAULT_RULES, load_rules
@@ -75,6 +76,7 @@ def run_refine(
         new_min_score=settings.new_min_score,
         tie_policy=settings.tie_policy,
         fingerprint=record["fingerprint"],
+        originals=ReportOriginals() if settings.revote else StoredOriginals(),
     )
     done = completed_results(split_out, [p.name for p in mine], record["fingerprint"])
     outcome = RefineOutcome(skipped=sorted(done))

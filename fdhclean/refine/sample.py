@@ -41,13 +41,16 @@ class Sample:
     raw: RawSample
     status: str = STATUS_OK
     error: str | None = None
-    keypoints: np.ndarray | None = None  # the original annotation exactly as stored
+    keypoints: np.ndarray | None = None  # keypoints.npy exactly as stored
     orig_norm: np.ndarray | None = None  # (17,3) float64, normalised
     estimate_norm: np.ndarray | None = None  # (17,3) float64, normalised, v = score
     emask: np.ndarray | None = None
     vertices: np.ndarray | None = None
     box: tuple[int, int, int, int] | None = None
     box_source: str | None = None
+    # keypoints.npy bytes to write when the vote keeps the original, where the stored member
+    # is not the original (a revote of an updated sample); None: keep the stored bytes
+    restore_keypoints: bytes | None = None
 
     @property
     def key(self) -> str:

@@ -63,11 +63,15 @@ class RefineSettings:
     flip_test: bool = True
     overwrite: bool = False
     parent_manifest: Path | None = None
+    # `fdhclean revote`: data_root/split is a cleaned split; estimates and original annotations
+    # come from its report instead of an estimator (style.md point 3)
+    revote: bool = False
 
     def __post_init__(self) -> None:
         if self.tie_policy not in TIE_POLICIES:
             raise ValueError(f"--tie-policy must be one of {TIE_POLICIES}, got {self.tie_policy!r}")
-        if (self.predictions is None) == (self.estimator is None):
+        sources = (self.predictions is not None) + (self.estimator is not None) + self.revote
+        if sources != 1:
             raise ValueError("give exactly one of --predictions FILE.json or --estimator NAME")
         if self.estimator is not None:
             if self.estimator not in ESTIMATORS:
@@ -83,7 +87,10 @@ class RefineSettings:
 
     def output_fingerprint(self) -> dict[str, Any]:
         """The settings a rerun must share with the run that made OUT (rank/workers may differ)."""
-        return {name: _jsonable(getattr(self, name)) for name in OUTPUT_FIELDS}
+        fields = {name: _jsonable(getattr(self, name)) for name in OUTPUT_FIELDS}
+        if self.revote:  # only then, so refine runs keep the fingerprints they had
+            fields["revote"] = True
+        return fields
 
     def fingerprint_sha256(self) -> str:
         blob = json.dumps(self.output_fingerprint(), sort_keys=True).encode()

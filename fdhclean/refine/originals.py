@@ -1,0 +1,98 @@
+"""Where a shard's *original* annotation comes from: the shard itself, or a parent report.
+
+`fdhclean refine` reads raw (or re-cleaned) shards, whose `keypoints.npy` is the original.
+`fdhclean revote` reads a cleaned split, where `keypoints.npy` of an updated sample holds the
+estimate; its original comes from the parent run's report (`orig_keypoints`, the same float32
+values as `keypoints_original.npy`), and the parent's units and error statuses are kept.
+
+Both sides vote on the float32 values the report stores (`stored_precision`), so a revote from
+the report with the same settings reproduces the run bit for bit (style.md point 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fdhclean.fdh import NUM_KEYPOINTS
+from fdhclean.refine.sample import STATUS_OK, Sample
+from fdhclean.shards import detect_units, encode_npy, from_normalized, to_normalized
+
+
+def stored_precision(kp: np.ndarray) -> np.ndarray:
+    """float64 copy rounded to float32: the precision of the report's keypoint columns."""
+    return np.asarray(kp, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+class OriginalSource(Protocol):
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
+        """Set `orig_norm` (and `restore_keypoints`) of every `ok` sample; return the units."""
+        ...
+
+
+class StoredOriginals:
+    """The shard's own `keypoints.npy` is the original (refine); units detected per shard."""
+
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
+        units = detect_units(s.keypoints for s in samples if s.status == STATUS_OK)
+        for s in samples:
+            if s.status == STATUS_OK:
+                kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
+                s.orig_norm = stored_precision(to_normalized(kp, units))
+        return units
+
+
+def parent_report_path(shard_path: Path) -> Path:
+    """The report file of a cleaned shard: `OUT/S/report/out-NNNNNN.parquet`."""
+    return shard_path.parent / "report" / f"{shard_path.name.removesuffix('.tar')}.parquet"
+
+
+def read_parent_rows(shard_path: Path, columns: Sequence[str]) -> dict[str, dict]:
+    """key -> row (the given columns) of a cleaned shard's report file."""
+    import pyarrow.parquet as pq
+
+    path = parent_report_path(shard_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report {path} of cleaned shard {shard_path} is missing")
+    rows = pq.read_table(path, columns=["key", *columns]).to_pylist()
+    return {row["key"]: row for row in rows}
+
+
+class ReportOriginals:
+    """Revote: originals, units and error statuses from the parent run's report.
+
+    A sample that was updated has lost its original `keypoints.npy` bytes; should the revote
+    keep the original, they are rebuilt from the report's normalised float32 values in the
+    shard's units and stored dtype (`restore_keypoints`). For float32 pixel-unit shards that is
+    float32(float32(x / 160) * 160), at most 1 ulp from the original value; normalised float32
+    shards get their bytes back exactly. Samples never updated keep their stored bytes.
+    """
+
+    COLUMNS = ("status", "error", "updated", "orig_keypoints", "keypoint_units")
+
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
+        rows = read_parent_rows(shard_path, self.COLUMNS)
+        if [s.key for s in samples] != list(rows):
+            raise ValueError(
+                f"shard {shard_path} and its report {parent_report_path(shard_path)} do not "
+                "list the same samples in the same order"
+            )
+        units_seen = {row["keypoint_units"] for row in rows.values()}
+        if len(units_seen) != 1:
+            raise ValueError(f"report of {shard_path} mixes keypoint units {sorted(units_seen)}")
+        units = units_seen.pop()
+        for s in samples:
+            row = rows[s.key]
+            if row["status"] != STATUS_OK:
+                s.fail(row["status"], row["error"])  # errors stay as they are
+            if s.status != STATUS_OK:
+                continue
+            s.orig_norm = np.asarray(row["orig_keypoints"], dtype=np.float64).reshape(-1, 3)
+            if row["updated"]:
+                stored = np.asarray(s.keypoints)
+                original = from_normalized(s.orig_norm, units, stored.dtype)
+                s.restore_keypoints = encode_npy(original.reshape(stored.shape))
+        return units
