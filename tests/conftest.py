@@ -50,3 +50,19 @@ def synth_copy(synth_root, tmp_path) -> Path:
     target = tmp_path / "data"
     shutil.copytree(synth_root, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_vitpose(tmp_path_factory):
+    """A small random-init transformers ViTPose (standard head) saved to a local directory."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    backbone = tf.VitPoseBackboneConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, out_indices=[2]
+    )
+    config = tf.VitPoseConfig(backbone_config=backbone, use_simple_decoder=False, num_labels=17)
+    model = tf.VitPoseForPoseEstimation(config).eval()
+    path = tmp_path_factory.mktemp("vitpose")
+    model.save_pretrained(path)
+    return path, model

@@ -26,20 +26,6 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, (n, fdh.IMAGE_H, fdh.IMAGE_W, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny_vitpose(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    tf = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    bb = tf.VitPoseBackboneConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  out_indices=[2])  # fmt: skip
-    cfg = tf.VitPoseConfig(backbone_config=bb, use_simple_decoder=False, num_labels=17)
-    model = tf.VitPoseForPoseEstimation(cfg).eval()
-    path = tmp_path_factory.mktemp("vitpose")
-    model.save_pretrained(path)
-    return path, model
-
-
 def _build(path, **kw):
     from fdhclean.estimators import build_estimator
 
@@ -255,7 +241,7 @@ def test_estimate_command(tiny_vitpose, tmp_path):
     np.testing.assert_allclose(pred.get("11"), expect[0], atol=1e-3)
     np.testing.assert_allclose(pred.get("12"), expect[1], atol=1e-3)
     meta = json.loads(out.with_name("pred.json.meta.json").read_text())
-    assert meta["errors"]["bad-member"] == 1 and meta["weights_sha256"] == est.weights_sha256
+    assert meta["errors"]["failed"] == 1 and meta["weights_sha256"] == est.weights_sha256
     assert main([*args, "--checkpoint-sha256", "0" * 64]) == 2
 
 

@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = [
 def refine(root: Path, out: Path, *extra: str, split: str = "val") -> int:
     args = ["refine", "--split", split, "--data-root", str(root), "--out", str(out)]
     args += ["--part-table", str(root / "parts.npz")]
-    if "--predictions" not in extra:
+    if "--predictions" not in extra and "--estimator" not in extra:
         args += ["--predictions", str(root / f"predictions_{split}.json")]
     return main([*args, *extra])
 

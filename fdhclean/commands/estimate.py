@@ -44,12 +44,10 @@ def register(subparsers) -> None:
 
 
 def _samples(shards: list[Path], counts: Counter, limit: int | None) -> Iterator[tuple]:
-    """(key, image, box) of every decodable sample; failures are counted by reason."""
-    import numpy as np
-
+    """(key, raw pose members, None) of every sample: PNG decoding and the person box happen
+    in the estimator's crop workers (`estimators.inputs`); a missing member is counted here."""
     from fdhclean import fdh
-    from fdhclean.box import person_box
-    from fdhclean.decode import decode_image, decode_mask
+    from fdhclean.estimators.inputs import pose_members
     from fdhclean.shards import ShardReadError, iter_shard
 
     for shard in shards:
@@ -58,17 +56,10 @@ def _samples(shards: list[Path], counts: Counter, limit: int | None) -> Iterator
                 if limit is not None and counts["samples"] >= limit:
                     return
                 counts["samples"] += 1
-                try:
-                    image = decode_image(sample.get(fdh.MEMBER_IMAGE))
-                    emask = decode_mask(sample.get(fdh.MEMBER_EMASK))
-                    known = np.ones_like(emask)
-                    if not emask.any():
-                        known = decode_mask(sample.get(fdh.MEMBER_MASK))
-                except (KeyError, ValueError):
-                    counts["bad-member"] += 1
+                if sample.find(fdh.MEMBER_IMAGE) is None or sample.find(fdh.MEMBER_EMASK) is None:
+                    counts["missing-member"] += 1
                     continue
-                box, _source = person_box(emask, known)
-                yield sample.key, image, np.asarray(box)
+                yield sample.key, pose_members(sample.find, sample.get), None
         except ShardReadError as e:
             counts["failed-shards"] += 1
             print(f"estimate: {e}")
@@ -108,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for key, kps in stream:
         if kps is None:
-            counts["estimator-failed"] += 1
+            counts["failed"] += 1  # undecodable member or estimator failure
         else:
             items.append((key, kps, float(kps[:, 2].mean())))
     write_predictions(out, items)
@@ -117,14 +108,14 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint), "flip_test": args.flip_test, "split": args.split,
         "rank": rank, "world_size": world, "shards": [s.name for s in shards],
         "samples": counts["samples"], "estimated": len(items),
-        "errors": {k: counts[k] for k in ("bad-member", "estimator-failed", "failed-shards")},
+        "errors": {k: counts[k] for k in ("missing-member", "failed", "failed-shards")},
     }  # fmt: skip
     meta_path = out.with_name(out.name + ".meta.json")
     atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     print(
         f"estimated {len(items)} of {counts['samples']} samples with {estimator.name} "
-        f"(weights sha256 {estimator.weights_sha256}); skipped: {counts['bad-member']} "
-        f"undecodable, {counts['estimator-failed']} estimator failures; "
+        f"(weights sha256 {estimator.weights_sha256}); skipped: {counts['missing-member']} "
+        f"with a missing member, {counts['failed']} undecodable or failed; "
         f"{counts['failed-shards']} unreadable shards -> {out}"
     )
     return 1 if counts["failed-shards"] else 0

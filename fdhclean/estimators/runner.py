@@ -12,12 +12,16 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 import numpy as np
 
-Sample = tuple[str, np.ndarray, np.ndarray]  # key, uint8 (H, W, 3) RGB image, int (4,) box
+from fdhclean.estimators.inputs import decode_for_pose
+
+# key, uint8 (H, W, 3) RGB image, int (4,) box -- or key, raw members, None (decoded in the
+# workers by `inputs.decode_for_pose`)
+Sample = tuple[str, np.ndarray | Mapping[str, bytes], np.ndarray | None]
 Result = tuple[str, "np.ndarray | None"]  # None: the estimator failed on this sample
 
 
@@ -35,8 +39,10 @@ def _prepare(preprocess: Callable, items: list[Sample]):
     keys, inputs, metas = [], [], []
     for key, image, box in items:
         try:
+            if box is None:
+                image, box = decode_for_pose(image)
             x, meta = preprocess(image, box)
-        except (ValueError, IndexError):  # bad image shape or empty box: a per-sample error
+        except (ValueError, IndexError, KeyError):  # undecodable, bad shape, empty box
             x, meta = None, None
         keys.append(key)
         inputs.append(x)
@@ -79,21 +85,40 @@ def _pipelined(estimator, batches, pool: Executor, depth: int) -> Iterator[list[
         yield decoded.popleft().result()
 
 
+def _decoded(batch: list[Sample]) -> list[Sample | None]:
+    """Decode raw samples here (backends without crop workers); None where undecodable."""
+    out: list[Sample | None] = []
+    for key, image, box in batch:
+        try:
+            out.append((key, *decode_for_pose(image)) if box is None else (key, image, box))
+        except (ValueError, KeyError):
+            out.append(None)
+    return out
+
+
+def _estimate_one(estimator, image: np.ndarray, box) -> np.ndarray | None:
+    try:
+        return estimator.estimate(image[None], np.asarray(box)[None])[0]
+    except (ValueError, IndexError):
+        return None
+
+
 def _plain(estimator, batches) -> Iterator[list[Result]]:
     for batch in batches:
-        keys = [s[0] for s in batch]
+        decoded = _decoded(batch)
+        good = [s for s in decoded if s is not None]
         try:
-            kps = estimator.estimate(
-                np.stack([s[1] for s in batch]), np.stack([s[2] for s in batch])
+            kps = iter(
+                estimator.estimate(np.stack([s[1] for s in good]), np.stack([s[2] for s in good]))
+                if good
+                else []
             )
         except (ValueError, IndexError):  # retry one by one to isolate the bad sample
-            kps = []
-            for _, image, box in batch:
-                try:
-                    kps.append(estimator.estimate(image[None], np.asarray(box)[None])[0])
-                except (ValueError, IndexError):
-                    kps.append(None)
-        yield list(zip(keys, kps, strict=True))
+            kps = iter([_estimate_one(estimator, s[1], s[2]) for s in good])
+        yield [
+            (raw[0], None if s is None else next(kps))
+            for raw, s in zip(batch, decoded, strict=True)
+        ]
 
 
 def estimate_samples(

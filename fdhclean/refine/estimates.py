@@ -7,7 +7,8 @@ the main process (on the GPU) while worker processes vote and write the previous
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,21 +16,23 @@ import numpy as np
 
 from fdhclean.refine.settings import RefineSettings
 
+Estimates = Mapping[str, np.ndarray]
+
 
 class EstimateSource(Protocol):
-    workers_estimate: bool  # True: worker processes can produce the estimates themselves
-
     def provenance(self) -> dict[str, Any]: ...
 
-    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]: ...
+    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str | None]]:
+        """Per shard, in order: its estimates, an error message, or None (`for_shard` later)."""
+        ...
 
-    def for_workers(self) -> EstimateSource: ...
+    def for_shard(self, shard_path: Path) -> Estimates: ...
+
+    def for_workers(self) -> EstimateSource | None: ...
 
 
 class PredictionsSource:
     """Precomputed predictions (`--predictions FILE.json`, COCO results format)."""
-
-    workers_estimate = True
 
     def __init__(self, path: Path, sha256: str | None = None) -> None:
         self.path = Path(path)
@@ -51,7 +54,10 @@ class PredictionsSource:
             "predictions_sha256": self._sha256,
         }
 
-    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
+    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, None]]:
+        return ((path, None) for path in shards)  # looked up where the shard is processed
+
+    def for_shard(self, shard_path: Path) -> Estimates:
         if self._keypoints is None:
             self._load()
         return self._keypoints
@@ -61,9 +67,11 @@ class PredictionsSource:
 
 
 class ModelSource:
-    """A pose model from local weights (`--estimator NAME --checkpoint PATH`)."""
+    """A pose model from local weights (`--estimator NAME --checkpoint PATH`).
 
-    workers_estimate = False
+    One `estimate_samples` stream runs over all shards of the run, so its crop/decode worker
+    processes start once; results are cut back into shards as they arrive (in input order).
+    """
 
     def __init__(self, settings: RefineSettings) -> None:
         from fdhclean.estimators import build_estimator
@@ -86,18 +94,54 @@ class ModelSource:
             "flip_test": self.settings.flip_test,
         }
 
-    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
-        from fdhclean.estimators.run import estimate_shard
+    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str]]:
+        from fdhclean.estimators import estimate_samples
 
-        return estimate_shard(
+        plan: deque[list] = deque()  # [path, samples still to come, estimates or error]
+        stream = estimate_samples(
             self.estimator,
-            shard_path,
+            _raw_pose_samples(shards, plan),
             batch_size=self.settings.batch_size,
             workers=max(1, self.settings.workers),
+            progress=False,
         )
+        for key, keypoints in stream:
+            yield from _finished(plan)
+            entry = plan[0]
+            if keypoints is not None:  # None: the estimator failed -> no-estimate
+                entry[2][key] = keypoints
+            entry[1] -= 1
+            yield from _finished(plan)  # hand a complete shard to the voters at once
+        yield from _finished(plan)
+
+    def for_shard(self, shard_path: Path) -> Estimates:
+        return dict(next(iter(self.estimates([shard_path])))[1])
 
     def for_workers(self) -> None:
         return None  # workers never estimate: the model stays in this process
+
+
+def _raw_pose_samples(shards: list[Path], plan: deque) -> Iterator[tuple[str, dict, None]]:
+    """Raw pose members of every sample (decoded in the estimator's workers); a shard that
+    cannot be read enters the plan with its error and no samples."""
+    from fdhclean.estimators.inputs import pose_members
+    from fdhclean.shards import ShardReadError, read_shard
+
+    for path in shards:
+        try:
+            samples = read_shard(path)
+        except ShardReadError as exc:
+            plan.append([path, 0, str(exc)])
+            continue
+        plan.append([path, len(samples), {}])
+        for s in samples:
+            yield s.key, pose_members(s.find, s.get), None
+
+
+def _finished(plan: deque) -> Iterator[tuple[Path, Estimates | str]]:
+    while plan and plan[0][1] == 0:
+        path, _, result = plan.popleft()
+        yield path, result
 
 
 def _device_for_rank(device: str) -> str:
@@ -133,6 +177,9 @@ class ReportEstimates:
             "report": str(self.split_dir / "report"),
             "parent_estimator": parent["provenance"].get("estimator"),
         }
+
+    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, None]]:
+        return ((path, None) for path in shards)  # read where the shard is processed
 
     def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
         from fdhclean.fdh import IMAGE_H, IMAGE_W

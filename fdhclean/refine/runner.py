@@ -170,25 +170,33 @@ def _worker_task(shard_path: Path, estimates) -> ShardResult:
 def _run_shards(
     todo: list[Path], split_out: Path, ctx: VoteContext, source: EstimateSource, workers: int
 ) -> Iterator[tuple[Path, ShardResult | str]]:
-    """Yield (shard, result or error message) as shards finish; one bad shard fails alone."""
+    """Yield (shard, result or error message) as shards finish; one bad shard fails alone.
+
+    Estimates come shard by shard from `source.estimates(todo)`: None where each worker loads
+    them itself (predictions file), a mapping where a model produced them in this process,
+    or an error message where the shard could not be estimated.
+    """
+    tasks = source.estimates(todo)
     if workers <= 0:
-        for path in todo:
+        for path, estimates in tasks:
+            if isinstance(estimates, str):
+                yield path, estimates
+                continue
             try:
-                yield path, process_shard(path, split_out, ctx, source.for_shard(path))
+                if estimates is None:
+                    estimates = source.for_shard(path)
+                yield path, process_shard(path, split_out, ctx, estimates)
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
                 yield path, _shard_error(path, exc)
         return
-    # Shard-parallel: sources that run a model estimate in this process (GPU) while the
-    # workers vote and write; file-backed sources load in each worker once.
+    # Shard-parallel: workers vote and write while this process runs the model (if any).
     with ProcessPoolExecutor(
         workers, initializer=_init_worker, initargs=(split_out, ctx, source.for_workers())
     ) as pool:
         pending: list[tuple[Path, Future]] = []
-        for path in todo:
-            try:
-                estimates = None if source.workers_estimate else source.for_shard(path)
-            except Exception as exc:  # noqa: BLE001 - the estimator could not read this shard
-                yield path, _shard_error(path, exc)
+        for path, estimates in tasks:
+            if isinstance(estimates, str):
+                yield path, estimates
                 continue
             pending.append((path, pool.submit(_worker_task, path, estimates)))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
