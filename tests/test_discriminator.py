@@ -95,3 +95,17 @@ def test_random_init_of_a_real_network_warns_loudly():
         ProjectedDiscriminator(
             DiscriminatorConfig(feature_networks=("resnet50",), pretrained=False)
         )
+
+
+def test_pretrained_weights_load_from_the_local_file(tmp_path, monkeypatch):
+    """The timm path: a local file in $TRIAGAN_WEIGHTS is loaded (here a random stand-in)."""
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file(ref.state_dict(), str(tmp_path / "efficientnet-lite0.safetensors"))
+    monkeypatch.setenv("TRIAGAN_WEIGHTS", str(tmp_path))
+    d = ProjectedDiscriminator(DiscriminatorConfig(feature_networks=("efficientnet-lite0",)))
+    trunk = d.feature_networks["efficientnet-lite0"].trunk
+    assert torch.equal(trunk.stages[0][0].weight, ref.conv_stem.weight)
+    assert torch.equal(trunk.stages[3][-1][-1].conv_pwl.weight, ref.blocks[6][-1].conv_pwl.weight)
