@@ -24,6 +24,7 @@ epoch is read and each slot's last batch may be partial.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections.abc import Iterator
@@ -122,6 +123,15 @@ class LoaderConfig:
     flip: bool = True
     epoch: int = 0
     infinite: bool = True
+    # Resume: batches this rank already consumed (DataLoader order: batch i comes from worker
+    # i % num_workers). Whole epochs are skipped from the manifest's sample counts without
+    # reading; within the epoch, raw samples are dropped after the shuffle, before decoding.
+    skip_batches: int = 0
+
+
+def _slot_epoch_count(shards, plans: list[tuple[int, int, int]]) -> int:
+    """Samples one slot reads in one epoch (from the manifest's per-shard sample counts)."""
+    return sum(len(range(offset, shards[i].samples, stride)) for i, stride, offset in plans)
 
 
 class FDHStream(IterableDataset):
@@ -160,12 +170,32 @@ class FDHStream(IterableDataset):
         return wds.DataPipeline(*stages)
 
     def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        epoch = self.config.epoch
+        cfg = self.config
+        epoch, skip = cfg.epoch, self._skip_samples(worker, num_workers)
         while True:
-            yield from self._epoch_samples(worker, num_workers, epoch)
-            if not self.config.infinite:
+            if skip:
+                slots = plan_epoch(len(self.manifest.shards), seed=cfg.seed, epoch=epoch,
+                                   shuffle=cfg.shuffle, slot=cfg.rank * num_workers + worker,
+                                   num_slots=cfg.world_size * num_workers)  # fmt: skip
+                count = _slot_epoch_count(self.manifest.shards, slots)
+                if count and skip >= count:  # a whole epoch already consumed: not even read
+                    skip -= count
+                    epoch += 1
+                    continue
+            samples = self._epoch_samples(worker, num_workers, epoch)
+            yield from itertools.islice(samples, skip, None) if skip else samples
+            skip = 0
+            if not cfg.infinite:
                 return
             epoch += 1
+
+    def _skip_samples(self, worker: int, num_workers: int) -> int:
+        """Raw samples of this worker behind `skip_batches` (every batch is full: infinite)."""
+        n = self.config.skip_batches
+        if n and not self.config.infinite:
+            raise ValueError("skip_batches needs infinite=True (full batches)")
+        mine = n // num_workers + (1 if worker < n % num_workers else 0)
+        return mine * self.config.batch_size
 
     def _process(self, raw: dict[str, Any]) -> dict[str, Any]:
         sample = decode_sample(raw, raw["__units__"])
@@ -176,8 +206,13 @@ class FDHStream(IterableDataset):
         return to_model_space(sample)
 
     def pipeline(self, worker: int = 0, num_workers: int = 1) -> wds.DataPipeline:
-        """The webdataset pipeline of one slot (exposed so tests can run slots in-process)."""
+        """The webdataset pipeline of one slot (exposed so tests can run slots in-process).
+
+        On resume the DataLoader asks worker 0 first again, but the next batch of the
+        uninterrupted run came from worker `skip_batches % num_workers`: rotate the slots.
+        """
         cfg = self.config
+        worker = (worker + cfg.skip_batches) % num_workers
         return wds.DataPipeline(
             lambda: self._samples(worker, num_workers),
             wds.map(self._process),
@@ -207,6 +242,7 @@ def build_loader(
     epoch: int = 0,
     infinite: bool = True,
     pin_memory: bool = False,
+    skip_batches: int = 0,
 ) -> DataLoader:
     """An iterable of batches {img, mask, maskrcnn_mask, condition, keypoints, key}.
 
@@ -214,6 +250,8 @@ def build_loader(
     background, maskrcnn_mask (B,1,H,W) 1 = not person, keypoints (B,17,3) normalised, key
     list[str]. `resolution` is the stage's (H, W). `shuffle=False` reads shards and samples in
     manifest order (evaluation); `shuffle_buffer` is the sample-level buffer (in raw samples).
+    `skip_batches` resumes a stream: the first `skip_batches` batches of this rank are skipped
+    exactly (the same batches follow as in an uninterrupted run).
     """
     manifest = read_manifest(manifest_path, verify=verify)
     if isinstance(overlay, str | os.PathLike | Path):
@@ -229,6 +267,7 @@ def build_loader(
         flip=flip,
         epoch=int(epoch),
         infinite=infinite,
+        skip_batches=int(skip_batches),
     )
     stream = FDHStream(manifest, config, overlay)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,

@@ -1,0 +1,108 @@
+"""`triagan train`: a thin CLI that builds the typed options and calls the training loop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Train TriA-GAN on the shards a manifest lists: every stage of one config (e.g. Config E:
+18x10 -> 36x20 -> 72x40 -> 144x80 -> 288x160), each stage starting from the previous stage's
+EMA generator with a fresh discriminator. Rerunning the same command resumes from the newest
+checkpoint (training state and inference weights are separate files); --slice-kimg bounds one
+invocation to a job's wall time. Multi-GPU/multi-node: launch under torchrun (one process per
+GPU; only rank 0 writes). Exit status 0 when the run (or the slice) finished, 1 on any failure,
+2 on bad arguments.
+
+outputs per stage in RUN_DIR/<stage>/: config.toml, stage.json, stats.jsonl, checkpoints/,
+weights/ (EMA generator: generator.safetensors + generator.json), images/ (condition |
+generated | real), loss.png, stage-complete.json; RUN_DIR/run.json records the manifest path
+and sha256.
+
+examples:
+  triagan train --config pipelines/triagan_E.toml --manifest data_manifests/fdh/train.json \\
+      --run-dir runs/E --batch-gpu 32
+  torchrun --nproc-per-node 8 -m triagan_model.cli train --config E --manifest M --run-dir R
+  triagan train --config E-tiny --manifest M --run-dir /tmp/run --device cpu
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train (or resume) every stage of a config",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--config", required=True, help="registered name (A..E, E-tiny) or TOML file")
+    p.add_argument("--manifest", required=True, help="training manifest (docs/manifest.md)")
+    p.add_argument("--run-dir", required=True, help="output directory (rerun to resume)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-gpu", type=int, default=None,
+                   help="images per forward pass per GPU (gradient accumulation makes up the "
+                   "configured batch); default: the whole per-GPU share")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="data loader workers per process")
+    p.add_argument("--tick-kimg", type=float, default=4.0, help="kimg per statistics tick")
+    p.add_argument("--snapshot-ticks", type=int, default=50,
+                   help="checkpoint + EMA weights every N ticks (and at the end)")  # fmt: skip
+    p.add_argument("--image-ticks", type=int, default=50, help="sample grid every N ticks")
+    p.add_argument("--slice-kimg", type=float, default=None,
+                   help="stop (resumably) after this many kimg in this invocation")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--feature-weights",
+        default=None,
+        help="directory of D's feature-network weights (default $TRIAGAN_WEIGHTS)",
+    )
+    p.add_argument("--grid-size", type=int, default=8, help="samples per grid")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/<stage>/tensorboard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.set_defaults(func=run)
+
+
+def build_options(args: argparse.Namespace):
+    from triagan_model.configs import load_config
+    from triagan_model.training.options import TrainOptions
+
+    return TrainOptions(
+        config=load_config(args.config), manifest=args.manifest, run_dir=args.run_dir,
+        seed=args.seed, batch_gpu=args.batch_gpu, num_workers=args.workers,
+        tick_kimg=args.tick_kimg, snapshot_ticks=args.snapshot_ticks,
+        image_ticks=args.image_ticks, slice_kimg=args.slice_kimg, device=args.device,
+        tensorboard=args.tensorboard, grid_size=args.grid_size,
+        feature_weights_dir=args.feature_weights, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        opts = build_options(args)
+        if args.snapshot_ticks < 1 or args.image_ticks < 1 or args.tick_kimg <= 0:
+            raise ValueError("--snapshot-ticks/--image-ticks must be >= 1, --tick-kimg > 0")
+        from triagan_model.data.manifest import read_manifest
+        from triagan_model.training.options import describe_plan
+
+        read_manifest(opts.manifest)
+        plan = describe_plan(opts, int(os.environ.get("WORLD_SIZE", "1")))
+    except (KeyError, FileNotFoundError, ValueError) as exn:
+        print(f"triagan train: error: {exn}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(plan)
+        return 0
+    from triagan_model.training.loop import train
+
+    try:
+        result = train(opts)
+    except Exception as exn:  # report and exit non-zero (the reference exited 0 on failure)
+        import traceback
+
+        traceback.print_exc()
+        print(f"triagan train: failed: {type(exn).__name__}: {exn}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        for what, path in result.outputs.items():
+            print(f"{what}: {path}")
+        state = "complete" if result.complete else "stopped early (rerun the command to resume)"
+        print(f"run {opts.run_dir}: {state}; stages done: {result.stages_done}")
+    return 0

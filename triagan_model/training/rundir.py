@@ -1,0 +1,105 @@
+"""The run directory: what a run records about itself, and the per-stage layout.
+
+    RUN/run.json              config name, manifest path + sha256, options, package version
+    RUN/config.toml           the resolved TrainConfig (reads back with `--config RUN/config.toml`)
+    RUN/<stage>/config.toml   the same, per stage, with stage.json describing the stage
+    RUN/<stage>/stats.jsonl   one line per tick
+    RUN/<stage>/checkpoints/state-<nimg>.safetensors   resumable training state (latest 2)
+    RUN/<stage>/weights/      EMA generator: generator.safetensors + generator.json
+    RUN/<stage>/images/       sample grids (condition | generated | real) per snapshot
+    RUN/<stage>/loss.png      loss curves
+    RUN/<stage>/stage-complete.json   written last: the stage is finished
+A rerun with the same run directory must use the same config and the same manifest bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from triagan_model import __version__
+from triagan_model.configs import StageConfig
+from triagan_model.toml_io import dumps_config
+from triagan_model.training.options import TrainOptions, write_json
+
+RUN_FILE = "run.json"
+DONE_FILE = "stage-complete.json"
+
+
+class RunDirError(ValueError):
+    """The run directory belongs to another config or manifest."""
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def stage_dir(opts: TrainOptions, stage: StageConfig) -> Path:
+    return Path(opts.run_dir) / stage.name
+
+
+def stage_done(opts: TrainOptions, stage: StageConfig) -> bool:
+    return (stage_dir(opts, stage) / DONE_FILE).is_file()
+
+
+def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str, Any]:
+    """Create or check RUN/run.json and RUN/config.toml (rank 0 only)."""
+    run = Path(opts.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    toml = dumps_config(opts.config)
+    existing = run / RUN_FILE
+    if existing.is_file():
+        doc = json.loads(existing.read_text())
+        if doc["manifest"]["sha256"] != manifest_sha:
+            raise RunDirError(
+                f"{existing}: this run trained on manifest {doc['manifest']['path']} (sha256 "
+                f"{doc['manifest']['sha256'][:12]}...), not {opts.manifest} (sha256 "
+                f"{manifest_sha[:12]}...); use another --run-dir"
+            )
+        old_toml = (run / "config.toml").read_text() if (run / "config.toml").is_file() else ""
+        if old_toml.split("\n", 1)[-1] != toml.split("\n", 1)[-1]:
+            raise RunDirError(f"{run}: the run was started with another config (see "
+                              f"{run / 'config.toml'}); use another --run-dir")  # fmt: skip
+        return doc
+    doc = {
+        "format": "triagan-run",
+        "version": 1,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": opts.config.name,
+        "tiny": opts.config.tiny,
+        "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
+        "options": opts.to_json(),
+        "world_size": world_size,
+        "package_version": __version__,
+        "git_commit": _git_commit(),
+    }
+    _write_text(run / "config.toml", toml)
+    write_json(existing, doc)
+    return doc
+
+
+def write_stage_files(opts: TrainOptions, stage: StageConfig, index: int, extra: dict) -> None:
+    d = stage_dir(opts, stage)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_text(d / "config.toml", dumps_config(opts.config))
+    write_json(d / "stage.json", {"stage": stage.name, "index": index, "batch": stage.batch,
+                                  "kimg": stage.kimg, **extra})  # fmt: skip
+
+
+def mark_done(opts: TrainOptions, stage: StageConfig, doc: dict[str, Any]) -> None:
+    write_json(stage_dir(opts, stage) / DONE_FILE, doc)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
