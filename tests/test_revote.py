@@ -1,0 +1,104 @@
+"""`fdhclean revote`: deciding again from the report reproduces the run or changes just what the
+new settings change, through the refine machinery (shards, report, manifest, run.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from inspect_run import refine_val
+
+from fdhclean.cli import main
+from fdhclean.manifest import Manifest
+from fdhclean.shards import decode_keypoints, read_shard
+
+
+@pytest.fixture(scope="module")
+def run(synth_root, tmp_path_factory):
+    return refine_val(synth_root, tmp_path_factory.mktemp("revote"))
+
+
+def revote(split, out, *extra: str) -> int:
+    return main(["revote", str(split.parent), "--split", "val", "--out", str(out), *extra])
+
+
+def shard_digests(split) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(split.glob("out-*.tar"))
+    }
+
+
+def report(split):
+    return pq.read_table(split / "report")
+
+
+def test_same_settings_reproduce_the_run_exactly(run, tmp_path):
+    assert revote(run, tmp_path / "again") == 0
+    again = tmp_path / "again" / "val"
+    assert shard_digests(again) == shard_digests(run)
+    assert report(again).equals(report(run))
+    manifest = Manifest.read(again / "manifest.json")
+    assert manifest.provenance["parent"]["path"] == str(run / "manifest.json")
+    assert manifest.provenance["estimator"]["name"] == "report"
+    assert manifest.verify(again / "manifest.json") == []
+    record = json.loads((again / "run.json").read_text())
+    assert record["settings"]["revote"] is True and record["split"] == "val"
+
+
+def test_opposite_tie_policy_changes_exactly_the_ties(run, synth_root, tmp_path):
+    assert revote(run, tmp_path / "orig", "--tie-policy", "original") == 0
+    flipped = tmp_path / "orig" / "val"
+    before, after = report(run).to_pandas(), report(flipped).to_pandas()
+    assert before.tie.sum() >= 2, "the synthetic set must have ties"
+    assert before[before.tie].updated.all() and not after[after.tie].updated.any()
+    assert (before.updated != after.updated).tolist() == before.tie.tolist()
+    rest = [c for c in before.columns if c != "updated"]
+    assert report(flipped).select(rest).equals(report(run).select(rest))
+    ties = set(before[before.tie].key)
+    for name in shard_digests(run):
+        originals = {s.key: s for s in read_shard(synth_root / "val" / name)}
+        parent = {s.key: s for s in read_shard(run / name)}
+        for s in read_shard(flipped / name):
+            if s.key not in ties:
+                assert s.members == parent[s.key].members, s.key
+                continue
+            for member, data in s.members.items():  # only keypoints.npy changes back
+                if member != "keypoints.npy":
+                    assert data == parent[s.key].members[member]
+            restored = decode_keypoints(s.members["keypoints.npy"])
+            original = decode_keypoints(originals[s.key].members["keypoints.npy"])
+            assert restored.dtype == original.dtype and restored.shape == original.shape
+            if before.set_index("key").loc[s.key, "keypoint_units"] == "normalized":
+                assert s.members["keypoints.npy"] == originals[s.key].members["keypoints.npy"]
+            else:  # pixels: float32(float32(x / 160) * 160), at most 1 ulp away
+                np.testing.assert_array_max_ulp(restored, original, maxulp=1)
+    # and back again: the tie samples take the estimate, byte for byte as the first run did
+    assert revote(flipped, tmp_path / "back", "--tie-policy", "new") == 0
+    assert shard_digests(tmp_path / "back" / "val") == shard_digests(run)
+    assert report(tmp_path / "back" / "val").equals(report(run))
+
+
+def test_errors_stay_and_thresholds_apply(run, tmp_path):
+    assert revote(run, tmp_path / "strict", "--new-min-score", "0.95") == 0
+    strict = tmp_path / "strict" / "val"
+    before, after = report(run).to_pandas(), report(strict).to_pandas()
+    errors = before.status != "ok"
+    assert errors.any(), "the synthetic set must have an error sample"
+    assert after[errors][["status", "error"]].equals(before[errors][["status", "error"]])
+    assert (after.new_considered[~errors] <= before.new_considered[~errors]).all()
+    assert (after.new_considered[~errors] < before.new_considered[~errors]).any()
+    record = json.loads((strict / "run.json").read_text())
+    assert record["settings"]["new_min_score"] == 0.95
+    for name in shard_digests(run):
+        parent = {s.key: s for s in read_shard(run / name)}
+        for s in read_shard(strict / name):
+            if s.key in set(before[errors].key):
+                assert s.members == parent[s.key].members
+
+
+def test_refuses_to_write_into_its_input(run, capsys):
+    assert revote(run, run.parent) == 2
+    assert "revoted" in capsys.readouterr().out
