@@ -221,3 +221,16 @@ def test_register_rebases_paths(val_run, tmp_path, monkeypatch):
     assert manifest.root == "$FDH_ROOT"
     assert all(e.path.startswith(f"{val_run.name}/val/") for e in manifest.shards)
     assert manifest.verify(registered) == []
+
+
+def test_per_rank_prediction_files_merge_through_a_glob(val_run, synth_root, tmp_path):
+    entries = json.loads((synth_root / "predictions_val.json").read_text())
+    parts = tmp_path / "preds"
+    parts.mkdir()
+    for rank in range(2):  # as `fdhclean estimate --world-size 2 --out preds/val_{rank}.json`
+        (parts / f"val_{rank}.json").write_text(json.dumps(entries[rank::2]))
+    out = tmp_path / "glob"
+    assert refine(synth_root, out, "--predictions", str(parts / "val_*.json")) == 0
+    assert tree_digest(out / "val") == tree_digest(val_run / "val")
+    provenance = Manifest.read(out / "val" / "manifest.json").provenance["estimator"]
+    assert len(provenance["predictions_sha256"]) == 2

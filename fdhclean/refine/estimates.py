@@ -7,6 +7,7 @@ the main process (on the GPU) while worker processes vote and write the previous
 
 from __future__ import annotations
 
+import glob
 from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,38 +33,86 @@ class EstimateSource(Protocol):
 
 
 class PredictionsSource:
-    """Precomputed predictions (`--predictions FILE.json`, COCO results format)."""
+    """Precomputed predictions (`--predictions FILE.json`, COCO results format).
 
-    def __init__(self, path: Path, sha256: str | None = None) -> None:
+    The path may be a glob (e.g. `preds/val_*.json` for the per-rank files of
+    `fdhclean estimate --world-size N`): the files are merged, the highest score winning.
+    """
+
+    def __init__(self, path: Path, sha256: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         self._sha256 = sha256
-        self._keypoints: dict[str, np.ndarray] | None = None
+        self._lookup: _PredictionLookup | None = None
+
+    def files(self) -> list[Path]:
+        if not glob.has_magic(str(self.path)):
+            return [self.path]
+        files = sorted(Path(p) for p in glob.glob(str(self.path)))
+        if not files:
+            raise FileNotFoundError(f"no predictions file matches {self.path}")
+        return files
 
     def _load(self) -> None:
         from fdhclean.estimators.predictions import load_predictions
 
-        predictions = load_predictions(self.path)
-        self._keypoints, self._sha256 = predictions.keypoints, predictions.sha256
+        loaded = [load_predictions(path) for path in self.files()]
+        self._lookup = _PredictionLookup(loaded)
+        self._sha256 = {str(path): p.sha256 for path, p in zip(self.files(), loaded, strict=True)}
 
     def provenance(self) -> dict[str, Any]:
         if self._sha256 is None:
             self._load()
+        files = list(self._sha256)
         return {
             "name": "predictions",
             "predictions": str(self.path),
-            "predictions_sha256": self._sha256,
+            # one file: its hash as a string (the common case); several: path -> hash
+            "predictions_sha256": self._sha256[files[0]] if len(files) == 1 else self._sha256,
         }
 
     def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, None]]:
         return ((path, None) for path in shards)  # looked up where the shard is processed
 
     def for_shard(self, shard_path: Path) -> Estimates:
-        if self._keypoints is None:
+        if self._lookup is None:
             self._load()
-        return self._keypoints
+        return self._lookup
+
+    def keys(self) -> set[str]:
+        if self._lookup is None:
+            self._load()
+        return set(self._lookup)
 
     def for_workers(self) -> PredictionsSource:
         return PredictionsSource(self.path, self._sha256)  # unloaded: cheap to pickle
+
+
+class _PredictionLookup(Mapping):
+    """Sample key -> (17,3) prediction, matched as COCO image ids (str(int(key)), so keys
+    with leading zeros still match); across several files the highest `score` wins."""
+
+    def __init__(self, predictions: list) -> None:
+        self._keypoints: dict[str, np.ndarray] = {}
+        best: dict[str, float] = {}
+        for p in predictions:
+            for key, kp in p.keypoints.items():
+                score = p.scores.get(key, float("-inf"))
+                if key not in best or score > best[key]:
+                    self._keypoints[key], best[key] = kp, score
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        from fdhclean.estimators.predictions import canonical_key
+
+        try:
+            return self._keypoints[canonical_key(key)]
+        except ValueError:
+            raise KeyError(key) from None
+
+    def __iter__(self):
+        return iter(self._keypoints)
+
+    def __len__(self) -> int:
+        return len(self._keypoints)
 
 
 class ModelSource:

@@ -116,10 +116,11 @@ def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
     path = record["provenance"].get("estimator", {}).get("predictions")
     if not path:
         return None
-    from fdhclean.estimators.predictions import load_predictions
+    from fdhclean.estimators.predictions import canonical_key
+    from fdhclean.refine.estimates import PredictionsSource
 
-    keys = set(load_predictions(path).keypoints)
-    return len(keys - set(_split_keys(split_out)))
+    split_keys = {canonical_key(k) for k in _split_keys(split_out)}
+    return len(PredictionsSource(Path(path)).keys() - split_keys)
 
 
 def license_counts(data_root: Path, keys: list[str]) -> dict[str, int] | None:
