@@ -69,8 +69,16 @@ def keypoint_array(column, rows: np.ndarray | None = None) -> np.ndarray:
         first = offsets[picked][valid]
         if (offsets[picked + 1][valid] - first != VALUES_PER_SAMPLE).any():
             raise ValueError(f"a keypoint column row does not hold {VALUES_PER_SAMPLE} values")
+        if values.size % VALUES_PER_SAMPLE == 0 and not (first % VALUES_PER_SAMPLE).any():
+            # the usual layout: every row one aligned block of 51 -> gather whole rows
+            selected = values.reshape(-1, VALUES_PER_SAMPLE)[first // VALUES_PER_SAMPLE]
+        else:
+            selected = values[first[:, None] + np.arange(VALUES_PER_SAMPLE)]
+        if valid.all():
+            parts.append(selected.astype(np.float32, copy=False))
+            continue
         out = np.full((len(picked), VALUES_PER_SAMPLE), np.nan, dtype=np.float32)
-        out[valid] = values[first[:, None] + np.arange(VALUES_PER_SAMPLE)]
+        out[valid] = selected
         parts.append(out)
     flat = np.concatenate(parts) if parts else np.zeros((0, VALUES_PER_SAMPLE), np.float32)
     return flat.reshape(-1, NUM_KEYPOINTS, 3)
