@@ -253,6 +253,17 @@ def _gather_rng(info: distributed.DistInfo) -> list:
     return everyone
 
 
+@contextlib.contextmanager
+def _rng_untouched():
+    """Every DataLoader iterator draws a base seed from the global RNG when it is created; put
+    the state back, so that a resumed run draws exactly the numbers an uninterrupted one does."""
+    state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
 def _grid_batch(opts: TrainOptions, resolution: tuple[int, int], device: torch.device):
     """The first ``grid_size`` samples of the manifest (no flip) and fixed latents."""
     loader = build_loader(opts.manifest, resolution=resolution, batch_size=opts.grid_size,
@@ -340,10 +351,9 @@ def train_stage(
                           shuffle_buffer=opts.shuffle_buffer, flip=cfg.augment.hflip,
                           skip_batches=progress["batches"],
                           pin_memory=device.type == "cuda")  # fmt: skip
-    rng_before = torch.get_rng_state()
-    data = iter(loader)  # DataLoader workers take a base seed from the global RNG: give it back
-    torch.set_rng_state(rng_before)  # so that fresh and resumed runs draw the same numbers
-    grid = _grid_batch(opts, stage.resolution, device) if info.is_main else None
+    with _rng_untouched():
+        data = iter(loader)
+        grid = _grid_batch(opts, stage.resolution, device) if info.is_main else None
     augment = diff_augment(cfg.augment.diffaug)
     fade_kimg = stage_blur_fade_kimg(cfg.augment.blur_fade_kimg, stage.kimg, cfg.tiny)
     use_amp = cfg.mixed_precision and device.type == "cuda"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from triagan_model import __version__
-from triagan_model.configs import StageConfig
+from triagan_model.configs import CONFIGS, StageConfig, TrainConfig
 from triagan_model.toml_io import dumps_config
 from triagan_model.training.options import TrainOptions, write_json
 
@@ -43,6 +43,13 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def resolved_toml(cfg: TrainConfig) -> str:
+    """Every field of ``cfg`` as TOML; ``base`` only has to be registered (all fields override
+    it), so a config with its own name reads back from the file alone."""
+    base = cfg.name if cfg.name in CONFIGS else ("A-tiny" if cfg.tiny else "A")
+    return dumps_config(cfg, base=base)
+
+
 def stage_dir(opts: TrainOptions, stage: StageConfig) -> Path:
     return Path(opts.run_dir) / stage.name
 
@@ -55,7 +62,7 @@ def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str,
     """Create or check RUN/run.json and RUN/config.toml (rank 0 only)."""
     run = Path(opts.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    toml = dumps_config(opts.config)
+    toml = resolved_toml(opts.config)
     existing = run / RUN_FILE
     if existing.is_file():
         doc = json.loads(existing.read_text())
@@ -90,7 +97,7 @@ def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str,
 def write_stage_files(opts: TrainOptions, stage: StageConfig, index: int, extra: dict) -> None:
     d = stage_dir(opts, stage)
     d.mkdir(parents=True, exist_ok=True)
-    _write_text(d / "config.toml", dumps_config(opts.config))
+    _write_text(d / "config.toml", resolved_toml(opts.config))
     write_json(d / "stage.json", {"stage": stage.name, "index": index, "batch": stage.batch,
                                   "kimg": stage.kimg, **extra})  # fmt: skip
 
