@@ -133,3 +133,21 @@ def test_oks_with_an_estimator_callable(weights, manifest):
     assert value == pytest.approx(oks(gt, np.repeat(centre[:, None], 17, 1)).mean())
     # The box is the region to generate at full resolution (tests/triagan_shards: 63 px wide).
     assert np.all(boxes[:, 2] - boxes[:, 0] == 63) and np.all(boxes[:, 3] - boxes[:, 1] == 101)
+
+
+def test_eval_oks_pipeline_with_a_tiny_vitpose(tiny_vitpose, weights, manifest, tmp_path):
+    """pipelines/eval_oks.py: generate at truncation 0 -> fdhclean vitpose-hf -> OKS."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "eval_oks.py"
+    spec = importlib.util.spec_from_file_location("eval_oks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--weights", str(weights), "--manifest", str(manifest), "--vitpose",
+            str(tiny_vitpose[0]), "--out", str(tmp_path), "--device", "cpu",
+            "--num", "5"]  # fmt: skip
+    assert module.main(args) == 0
+    line = read_lines(tmp_path / "metric-oks.jsonl")[0]
+    assert line["scored"] == 5 and 0.0 <= line["value"] <= 1.0
+    assert line["estimator"] == "vitpose-hf" and line["estimator_sha256"]
