@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fdhclean.atomic import atomic_open
 from fdhclean.fdh import PART_NAMES
 from fdhclean.safe_pickle import load_pickle_restricted
 
@@ -85,18 +85,12 @@ class PartTable:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write `.npz` (`vertex_parts`, `part_names`) atomically: temp file, then rename."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                np.savez(
-                    stream,
-                    vertex_parts=np.ascontiguousarray(self.vertex_parts, dtype="<u4"),
-                    part_names=np.array(self.part_names, dtype=str),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as stream:
+            np.savez(
+                stream,
+                vertex_parts=np.ascontiguousarray(self.vertex_parts, dtype="<u4"),
+                part_names=np.array(self.part_names, dtype=str),
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PartTable:

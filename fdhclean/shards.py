@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from fdhclean.atomic import atomic_write_bytes, fsync_dir  # noqa: F401  (re-exported)
 from fdhclean.decode import (  # noqa: F401  (re-exported: one import site for shard users)
     FDH_SHAPE,
     KEYPOINTS_SHAPE,
@@ -286,37 +287,6 @@ class ShardWriter:
                     closer.close()
         self._tar = self._file = None
         self.tmp_path.unlink(missing_ok=True)
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename itself has happened
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def copy_sample_members(

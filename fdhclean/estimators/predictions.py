@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fdhclean import fdh
+from fdhclean.atomic import atomic_open
 from fdhclean.estimators.weights import sha256_file
 
 _NUM_VALUES = 3 * fdh.NUM_KEYPOINTS
@@ -126,14 +125,8 @@ def write_predictions(path: str | Path, items: Iterable[tuple[str, np.ndarray, f
             }
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(entries, f, separators=(",", ":"))
 
 
 def count_foreign(pred: Predictions, split_keys: set[str]) -> int:

@@ -20,14 +20,13 @@ not visible ([0, 0, 0]); a sample whose keypoints could not be read at all (no
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fdhclean.atomic import atomic_open
 from fdhclean.fdh import COCO_KEYPOINTS, COCO_SKELETON, IMAGE_H, IMAGE_W, NUM_KEYPOINTS
 from fdhclean.inspect.common import (
     bool_column,
@@ -73,20 +72,10 @@ def chosen_from_report(split: Path) -> Chosen:
 
 
 def _write_text_atomic(path: Path, chunks: Iterable[str]) -> None:
-    """Stream text to a temporary file beside `path`, then rename (no partial file ever)."""
+    """Stream text to `path` atomically (no partial file ever)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as fh:
+        fh.writelines(chunks)
 
 
 def dp2_json_chunks(chosen: Chosen) -> Iterable[str]:
