@@ -11,7 +11,9 @@ Member decoding lives in `fdhclean.decode` and is re-exported here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import mmap
 import os
 import re
 import tarfile
@@ -102,22 +104,106 @@ class RawSample:
         return self.members[stored]
 
 
-def _check_end_of_archive(path: Path, offset: int) -> None:
+def _check_end_of_archive(path: Path, data: mmap.mmap | bytes, offset: int) -> None:
     """tarfile stops silently at a truncated or corrupt header; a complete tar ends in zeros."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        block = fh.read(BLOCK)
+    block = data[offset : offset + BLOCK]
     if len(block) < BLOCK:
         raise ShardReadError(path, f"truncated: no end-of-archive marker at byte {offset}")
     if block.count(0) != BLOCK:
         raise ShardReadError(path, f"corrupt tar header at byte {offset}")
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+@contextlib.contextmanager
+def _mapped_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, mmap.mmap | bytes]]:
+    """The shard memory-mapped, and tarfile reading its headers from the map.
+
+    tarfile over a buffered file spends most of its time in `tell`/`read` calls; over the map
+    they are C slices, and member data is sliced straight out of it (no `extractfile`).
+    """
     try:
-        return tarfile.open(path, mode="r:")
-    except (OSError, tarfile.TarError) as exc:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    except OSError as exc:
         raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    try:
+        tar = tarfile.open(fileobj=data if size else io.BytesIO(), mode="r:")  # noqa: SIM115 (closed below)
+    except (OSError, ValueError, tarfile.TarError) as exc:  # mmap: ValueError past its end
+        if isinstance(data, mmap.mmap):
+            data.close()
+        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    try:
+        yield tar, data
+    finally:
+        tar.close()
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+_PLAIN_TYPES = (b"0", b"\0")
+_USTAR_MAGIC = (b"ustar\x0000", b"ustar  \0")
+
+
+def _plain_header(header: bytes) -> tuple[str, int] | None:
+    """(name, size) of a plain ustar regular-file header with a valid checksum, else None.
+
+    This covers every member Python's tarfile (and so webdataset) writes for short names;
+    anything else (PAX/GNU extension headers, a name prefix, base-256 sizes, other member
+    types, a bad checksum) returns None and is left to tarfile.
+    """
+    if (
+        header[156:157] not in _PLAIN_TYPES
+        or header[257:265] not in _USTAR_MAGIC
+        or header[345] != 0  # a ustar name prefix
+        or header[124] & 0x80  # base-256 size
+    ):
+        return None
+    try:
+        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if stored != sum(header) - sum(header[148:156]) + 8 * 32:  # checksum field as spaces
+        return None
+    return header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), size
+
+
+def _tar_members(path: Path, tar: tarfile.TarFile, mapped) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of every regular member, in order, sliced out of the mapped shard.
+
+    Plain headers are parsed here (tarfile's Python header parsing is most of the cost of
+    reading a shard); any other header is handed to tarfile at its offset, which applies PAX /
+    GNU extensions, skips non-file members, or stops at a corrupt header.
+    """
+    offset = 0
+    while True:
+        header = mapped[offset : offset + BLOCK]
+        if len(header) < BLOCK:
+            raise ShardReadError(path, f"truncated: no end-of-archive marker at byte {offset}")
+        if header.count(0) == BLOCK:
+            return  # end-of-archive marker
+        plain = _plain_header(header)
+        if plain is not None:
+            name, size = plain
+            start = offset + BLOCK
+            offset = start + size + (-size % BLOCK)
+        else:
+            tar.firstmember, tar.offset = None, offset
+            try:
+                info = tar.next()
+            except (OSError, EOFError, ValueError, tarfile.TarError) as exc:  # ValueError: mmap
+                raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+            if info is None:  # tarfile stops silently at a corrupt header
+                _check_end_of_archive(path, mapped, offset)
+                return
+            offset = tar.offset
+            if not info.isfile():
+                continue  # directories and links carry no sample data (webdataset agrees)
+            name, size, start = info.name, info.size, info.offset_data
+        data = mapped[start : start + size]
+        if len(data) != size:
+            raise ShardReadError(path, f"member {name} truncated")
+        yield name, data
 
 
 def iter_shard(path: str | Path) -> Iterator[RawSample]:
@@ -132,24 +218,11 @@ def iter_shard(path: str | Path) -> Iterator[RawSample]:
     current: RawSample | None = None
     lowered: set[str] = set()
     keys: set[str] = set()
-    with _open_tar(path) as tar:
-        while True:
-            try:
-                info = tar.next()
-                if info is None:
-                    end = tar.offset
-                    break
-                if not info.isfile():
-                    continue  # directories and links carry no sample data (webdataset agrees)
-                handle = tar.extractfile(info)
-                data = handle.read() if handle is not None else b""
-            except (OSError, EOFError, tarfile.TarError) as exc:
-                raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-            if len(data) != info.size:
-                raise ShardReadError(path, f"member {info.name} truncated")
-            parts = split_member_name(info.name)
+    with _mapped_tar(path) as (tar, mapped):
+        for name, data in _tar_members(path, tar, mapped):
+            parts = split_member_name(name)
             if parts is None:
-                raise ShardReadError(path, f"member {info.name!r} has no '<key>.<suffix>' name")
+                raise ShardReadError(path, f"member {name!r} has no '<key>.<suffix>' name")
             key, suffix = parts
             if current is None or key != current.key:
                 if key in keys:
@@ -164,7 +237,6 @@ def iter_shard(path: str | Path) -> Iterator[RawSample]:
                 raise ShardReadError(path, f"sample {key} repeats member {suffix!r}")
             lowered.add(suffix.lower())
             current.members[suffix] = data
-    _check_end_of_archive(path, end)
     if current is not None:
         yield current
 
@@ -178,16 +250,15 @@ def count_samples(path: str | Path) -> int:
     """Number of samples in a shard, reading only the tar headers (data blocks are skipped)."""
     path = Path(path)
     count, last = 0, None
-    try:
-        with _open_tar(path) as tar:
+    with _mapped_tar(path) as (tar, mapped):
+        try:
             for info in tar:
                 parts = split_member_name(info.name) if info.isfile() else None
                 if parts is not None and parts[0] != last:
                     count, last = count + 1, parts[0]
-            end = tar.offset
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-    _check_end_of_archive(path, end)
+        except (OSError, EOFError, ValueError, tarfile.TarError) as exc:
+            raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        _check_end_of_archive(path, mapped, tar.offset)
     return count
 
 
@@ -202,12 +273,40 @@ def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+@functools.lru_cache(maxsize=8)
+def _header_template(mtime: int) -> bytes:
+    """tarfile's header for an empty member named "x": the fields every member shares."""
+    return _tar_info("x", 0, mtime).tobuf(TAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def tar_header(name: str, size: int, mtime: int) -> bytes:
+    """The header block(s) tarfile writes for one member, byte for byte.
+
+    tarfile builds every header in Python (PAX checks, octal fields, checksum) at ~0.15 ms a
+    member, the largest cost of rewriting a shard. For the common case (an ASCII name of at
+    most 100 bytes, size < 8 GiB) the header is tarfile's own template with the name, size and
+    checksum fields patched; anything else (long or non-ASCII names, which need a PAX extended
+    header) goes through tarfile. tests/test_shards.py checks the two agree.
+    """
+    raw = name.encode("ascii", "surrogateescape") if name.isascii() else None
+    if raw is None or len(raw) > 100 or size >= 8**11:
+        return _tar_info(name, size, mtime).tobuf(TAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    block = bytearray(_header_template(mtime))
+    block[0:100] = raw.ljust(100, b"\0")
+    block[124:136] = b"%011o\0" % size
+    block[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
 class ShardWriter:
     """Write one shard atomically with deterministic headers.
 
     Samples go to a temporary file in the target directory; a clean `close()` (or `with` exit)
     fsyncs it and renames it to `path`; an exception (or `abort()`) removes it, so `path` is
-    either the previous file or the complete new shard, never a partial one.
+    either the previous file or the complete new shard, never a partial one. The bytes are
+    those Python's tarfile writes in PAX format (webdataset's default) with fixed mtime,
+    uid/gid 0, empty user/group names and mode 0o644.
     """
 
     def __init__(self, path: str | Path, *, mtime: int = 0) -> None:
@@ -215,15 +314,12 @@ class ShardWriter:
         self.mtime = int(mtime)
         self.samples = 0
         self._keys: set[str] = set()
+        self._offset = 0
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
         self.tmp_path = Path(tmp)
-        self._file: io.BufferedWriter | None = os.fdopen(fd, "wb")
-        # Lives as long as the writer (closed in close/abort), hence no `with` block here.
-        self._tar: tarfile.TarFile | None = tarfile.open(  # noqa: SIM115
-            fileobj=self._file, mode="w", format=TAR_FORMAT
-        )
+        self._file: io.BufferedWriter | None = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -241,7 +337,7 @@ class ShardWriter:
 
     def write(self, key: str, members: Mapping[str, bytes]) -> None:
         """Append one sample: each member as `f"{key}.{suffix}"`, in the given order."""
-        if self._tar is None:
+        if self._file is None:
             raise ValueError(f"shard writer for {self.path} is closed")
         name = key.rpartition("/")[2]
         if not name or "." in name:
@@ -256,18 +352,23 @@ class ShardWriter:
                 raise ValueError(f"invalid or repeated member {suffix!r} in sample {key}")
             seen.add(suffix.lower())
         for suffix, data in members.items():
-            data = bytes(data)
-            info = _tar_info(f"{key}.{suffix}", len(data), self.mtime)
-            self._tar.addfile(info, io.BytesIO(data))
+            header = tar_header(f"{key}.{suffix}", len(data), self.mtime)
+            padding = -len(data) % BLOCK
+            self._file.write(header)
+            self._file.write(data)
+            self._file.write(b"\0" * padding)
+            self._offset += len(header) + len(data) + padding
         self._keys.add(key)
         self.samples += 1
 
     def close(self) -> None:
-        """Finish the tar, fsync, rename onto `path` and fsync the directory."""
-        if self._tar is None or self._file is None:
+        """Finish the tar (two zero blocks, padded to tarfile's record size), fsync, rename onto
+        `path` and fsync the directory."""
+        if self._file is None:
             return
         try:
-            self._tar.close()
+            end = self._offset + 2 * BLOCK
+            self._file.write(b"\0" * (2 * BLOCK + (-end % tarfile.RECORDSIZE)))
             self._file.flush()
             os.fsync(self._file.fileno())
             os.fchmod(self._file.fileno(), 0o644)  # mkstemp makes 0600; shards are shared data
@@ -276,16 +377,15 @@ class ShardWriter:
         except BaseException:
             self.abort()
             raise
-        self._tar = self._file = None
+        self._file = None
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop everything written so far; `path` is left untouched."""
-        for closer in (self._tar, self._file):
-            if closer is not None:
-                with contextlib.suppress(OSError):  # the file is discarded below anyway
-                    closer.close()
-        self._tar = self._file = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # the file is discarded below anyway
+                self._file.close()
+        self._file = None
         self.tmp_path.unlink(missing_ok=True)
 
 

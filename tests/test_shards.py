@@ -404,3 +404,42 @@ def test_raw_sample_find_exact_first() -> None:
     sample = RawSample(key="1", shard="s.tar", index=0, members={"a.png": b"1", "A.PNG": b"2"})
     assert sample.find("A.PNG") == "A.PNG"
     assert sample.get("a.png") == b"1"
+
+
+def test_writer_bytes_equal_tarfiles_own_output(tmp_path):
+    """ShardWriter builds headers itself (fast path); they must be tarfile's, byte for byte."""
+    import io
+    import tarfile
+
+    from fdhclean.shards import ShardWriter, tar_header
+
+    samples = [
+        ("123", {"image.png": b"\x89PNG" + bytes(700), "E_mask.png": b"x" * 512}),
+        ("4567", {"keypoints.npy": b"", "vertices.npy": bytes(range(256)) * 9}),
+        ("9" * 120, {"long_name.bin": b"long names need a PAX extended header"}),
+        ("77", {"ünïcödé.txt": b"non-ASCII member names too"}),
+    ]
+    ours = tmp_path / "ours.tar"
+    with ShardWriter(ours, mtime=1234) as writer:
+        for key, members in samples:
+            writer.write(key, members)
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in samples:
+            for suffix, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 1234, 0o644, 0, 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    assert ours.read_bytes() == reference.getvalue()
+    # the reader's fast path (plain headers) and its tarfile fallback (PAX) give them back
+    from fdhclean.shards import read_shard
+
+    assert [(s.key, s.members) for s in read_shard(ours)] == samples
+    for size in (0, 1, 511, 512, 10**9, 8**11 - 1, 8**11):
+        info = tarfile.TarInfo("1.a.png")
+        info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o644, 0, 0
+        info.uname = info.gname = ""
+        assert tar_header("1.a.png", size, 0) == info.tobuf(
+            tarfile.PAX_FORMAT, "utf-8", "surrogateescape"
+        )
