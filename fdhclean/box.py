@@ -44,8 +44,27 @@ def person_boxes(emasks: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, lis
     return boxes.astype(np.int64), [BOX_SOURCES[i] for i in source_idx]
 
 
+def _box(region: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the True pixels of one (H,W) region, exclusive max; None if empty."""
+    rows = np.flatnonzero(region.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(region.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def person_box(emask: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, int, int, int], str]:
-    """((x0, y0, x1, y1), source) of one sample's (H,W) E_mask and known-background mask."""
-    boxes, sources = person_boxes(np.asarray(emask)[None], np.asarray(mask)[None])
-    x0, y0, x1, y1 = (int(v) for v in boxes[0])
-    return (x0, y0, x1, y1), sources[0]
+    """((x0, y0, x1, y1), source) of one sample's (H,W) E_mask and known-background mask.
+
+    The same rule as `person_boxes`, but the mask is looked at only when E_mask is empty (this
+    runs once per sample in refine).
+    """
+    emask = np.asarray(emask).astype(bool, copy=False)
+    box = _box(emask)
+    if box is not None:
+        return box, BOX_SOURCES[0]
+    box = _box(~np.asarray(mask).astype(bool, copy=False))
+    if box is not None:
+        return box, BOX_SOURCES[1]
+    h, w = emask.shape
+    return (0, 0, w, h), BOX_SOURCES[2]

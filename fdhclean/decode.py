@@ -48,7 +48,7 @@ __all__ = [
 
 def _open_png(data: bytes) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=["PNG"])  # no format probing: PNG only
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"undecodable image ({len(data)} bytes): {exc}") from exc
