@@ -12,7 +12,6 @@ from the newest checkpoint of the first unfinished stage, bit for bit on a deter
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from triagan_model.data.manifest import manifest_sha256
 from triagan_model.networks.conditioning import build_condition
 from triagan_model.networks.discriminator import ProjectedDiscriminator
 from triagan_model.networks.generator import TriaGANGenerator
-from triagan_model.training import checkpoint, distributed, rundir
+from triagan_model.training import checkpoint, distributed, rundir, seeding
 from triagan_model.training import stats as stats_mod
 from triagan_model.training.augment import blur, blur_sigma, diff_augment, stage_blur_fade_kimg
 from triagan_model.training.ema import make_ema, update_ema
@@ -97,44 +96,20 @@ def train(opts: TrainOptions) -> RunResult:
         distributed.shutdown()
 
 
-def _seed(*parts: Any) -> int:
-    import hashlib
-
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**63)
-
-
-def _seed_all(seed: int) -> None:
-    # numpy's global RNG is not used by training (the loader has its own seeded RNGs)
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def build_nets(opts: TrainOptions, index: int, device: torch.device, prev: Path | None) -> Nets:
+def build_nets(
+    opts: TrainOptions, index: int, device: torch.device, prev: Path | None, verbose: bool = True
+) -> Nets:
     """G (from the previous stage's EMA weights if any), fresh D, EMA copy, Adam for both."""
     cfg, stage = opts.config, opts.config.stages[index]
-    torch.manual_seed(_seed(opts.seed, index, "init"))  # identical initial weights on all ranks
+    # identical initial weights on every rank
+    torch.manual_seed(seeding.derive_seed(opts.seed, index, "init"))
     G = TriaGANGenerator(cfg.generator_config(stage))
     if prev is not None:
         _, state, _ = read_weights_dir(prev)
         report = load_matching(G, state)
-        print(f"stage {stage.name}: {len(report.loaded)} tensors from {prev}, "
-              f"{len(report.new) + len(report.mismatched)} new")  # fmt: skip
+        if verbose:
+            print(f"stage {stage.name}: {len(report.loaded)} tensors from {prev}, "
+                  f"{len(report.new) + len(report.mismatched)} new")  # fmt: skip
     fw = Path(opts.feature_weights_dir) if opts.feature_weights_dir else None
     D = ProjectedDiscriminator(cfg.discriminator, weights_dir=fw, seed=opts.seed)
     G, D = G.to(device).train(), D.to(device).train()
@@ -240,28 +215,8 @@ def _restore(nets: Nets, state: dict[str, Any], info: distributed.DistInfo, path
     nets.G_ema.load_state_dict(state["G_ema"])
     nets.g_opt.load_state_dict(state["G_opt"])
     nets.d_opt.load_state_dict(state["D_opt"])
-    _set_rng_state(state["rng"][info.rank])
+    seeding.set_rng_state(state["rng"][info.rank])
     return dict(state["progress"])
-
-
-def _gather_rng(info: distributed.DistInfo) -> list:
-    mine = _rng_state()
-    if not info.enabled:
-        return [mine]
-    everyone: list = [None] * info.world_size
-    torch.distributed.all_gather_object(everyone, mine)
-    return everyone
-
-
-@contextlib.contextmanager
-def _rng_untouched():
-    """Every DataLoader iterator draws a base seed from the global RNG when it is created; put
-    the state back, so that a resumed run draws exactly the numbers an uninterrupted one does."""
-    state = torch.get_rng_state()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
 
 
 def _grid_batch(opts: TrainOptions, resolution: tuple[int, int], device: torch.device):
@@ -329,14 +284,14 @@ def train_stage(
     cfg, stage = opts.config, opts.config.stages[index]
     sdir, device = rundir.stage_dir(opts, stage), info.device
     plan: BatchPlan = plan_batch(stage, opts.batch_gpu, info.world_size)
-    nets = build_nets(opts, index, device, prev)
+    nets = build_nets(opts, index, device, prev, verbose=info.is_main)
     progress = {"nimg": 0, "step": 0, "tick": 0, "batches": 0, "train_s": 0.0}
     latest = checkpoint.load_latest(sdir / "checkpoints")
     if latest is not None:
         progress = _restore(nets, latest[1], info, latest[0])
         print(f"stage {stage.name}: resuming from {latest[0]} ({progress['nimg']} images)")
     else:
-        _seed_all(_seed(opts.seed, index, "rank", info.rank))
+        seeding.seed_all(seeding.derive_seed(opts.seed, index, "rank", info.rank))
     if info.is_main:
         sdir.mkdir(parents=True, exist_ok=True)
         stats_mod.truncate_after(sdir / "stats.jsonl", progress["nimg"])
@@ -345,13 +300,14 @@ def train_stage(
             "previous_stage_weights": None if prev is None else str(prev),
             "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
         })  # fmt: skip
+    data_seed = seeding.derive_seed(opts.seed, index, "data") % 2**31
     loader = build_loader(opts.manifest, resolution=stage.resolution, batch_size=plan.batch_gpu,
-                          seed=_seed(opts.seed, index, "data") % 2**31, rank=info.rank,
+                          seed=data_seed, rank=info.rank,
                           world_size=info.world_size, num_workers=opts.num_workers,
                           shuffle_buffer=opts.shuffle_buffer, flip=cfg.augment.hflip,
                           skip_batches=progress["batches"],
                           pin_memory=device.type == "cuda")  # fmt: skip
-    with _rng_untouched():
+    with seeding.rng_untouched():
         data = iter(loader)
         grid = _grid_batch(opts, stage.resolution, device) if info.is_main else None
     augment = diff_augment(cfg.augment.diffaug)
@@ -410,7 +366,7 @@ def train_stage(
         last = finished or budget.exhausted
         if last or progress["tick"] % opts.snapshot_ticks == 0:
             images = last or progress["tick"] % opts.image_ticks == 0
-            rng = _gather_rng(info)  # a collective: every rank takes this branch together
+            rng = seeding.gather_rng(info)  # a collective: every rank takes this branch together
             _snapshot(opts, nets, progress, rng, info, sdir, grid, images)
         elif progress["tick"] % opts.image_ticks == 0 and info.is_main:
             _write_grid(nets.G_ema, grid, sdir / "images" / f"samples-{progress['nimg']:09d}.png")
