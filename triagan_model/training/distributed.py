@@ -97,12 +97,3 @@ def average_scalars(values: dict[str, float], info: DistInfo) -> dict[str, float
         t = t.to(info.device)
     dist.all_reduce(t)
     return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist(), strict=True)}
-
-
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision for everyone (e.g. 'stop now')."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=info.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
