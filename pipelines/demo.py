@@ -6,7 +6,9 @@
    "estimated" keypoints (COCO results) standing in for ViTPose;
 2. `fdhclean parts build`: the CSE vertex -> body part table;
 3. `fdhclean refine` on train and val with those predictions: cleaned shards + manifests;
-4. `fdhclean report` (when installed): what the cleaning changed;
+4. `fdhclean report` and `fdhclean inspect`: what the cleaning changed, with a contact sheet;
+   `fdhclean register`: the cleaned manifests under OUT/data_manifests (paths relative to
+   FDH_ROOT=OUT);
 5. `triagan train` with pipelines/demo_tiny.toml (a TINY config, NOT the paper's model) over
    two progressive stages 18x10 -> 36x20 on OUT/clean/train/manifest.json;
 6. `triagan generate` on the cleaned val manifest: a grid of generated samples.
@@ -37,17 +39,12 @@ def step(title: str, module: str, *args: str, check: bool = True) -> int:
     return rc
 
 
-def has_command(module: str, name: str) -> bool:
-    cmd = [sys.executable, "-m", module, name, "--help"]
-    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=str(HERE / "demo_tiny.toml"), help="training config")
-    p.add_argument("--samples-per-shard", type=int, default=16)
+    p.add_argument("--samples-per-shard", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         step(f"refine {split}", fd, "refine", "--split", split, "--data-root", str(synth),
              "--out", str(clean), "--part-table", str(synth / "parts.npz"),
              "--predictions", str(synth / f"predictions_{split}.json"))  # fmt: skip
-    if has_command(fd, "report"):
-        for split in ("train", "val"):
-            step(f"report {split}", fd, "report", str(clean), "--split", split)
-    else:
-        print("\n(fdhclean report is not available here: skipped)")
+    for split in ("train", "val"):
+        step(f"report {split}", fd, "report", str(clean), "--split", split)
+    step("contact sheet", fd, "inspect", str(clean), "--split", "val", "--where",
+         "updated", "--limit", "8", "--out", str(out / "contact_sheet.png"))  # fmt: skip
+    os.environ["FDH_ROOT"] = str(out)  # registered paths are relative to the data root
+    for split in ("train", "val"):
+        step(f"register {split}", fd, "register", str(clean), "--split", split, "--name",
+             "synthetic-demo", "--manifests-dir", str(out / "data_manifests"))  # fmt: skip
     step("train", tg, "train", "--config", args.config, "--manifest",
          str(clean / "train" / "manifest.json"), "--run-dir", str(run), "--device", "cpu",
          "--workers", "0", "--tick-kimg", "0.004", "--snapshot-ticks", "4", "--image-ticks", "4",
@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== demo done in {time.monotonic() - start:.0f} s. Outputs:")
     rows = [("cleaned train manifest", clean / "train" / "manifest.json"),
             ("cleaned val manifest", clean / "val" / "manifest.json"),
-            ("cleaning report", clean / "train" / "report"),
+            ("cleaning report (parquet)", clean / "train" / "report"),
+            ("cleaning summary", clean / "train" / "summary.json"),
+            ("cleaning plots", clean / "train" / "plots"),
+            ("contact sheet (updated val samples)", out / "contact_sheet.png"),
+            ("registered manifests", out / "data_manifests" / "synthetic-demo"),
             ("run record (manifest sha256)", run / "run.json")]  # fmt: skip
     for d in sorted(run.iterdir()):
         if (d / "stage-complete.json").is_file():

@@ -1,5 +1,5 @@
 """`python pipelines/demo.py --out DIR`: synthetic FDH -> parts -> refine -> report -> a two-stage
-tiny CPU training run -> generated samples (about 50 s on 2 idle cores)."""
+tiny CPU training run -> generated samples (about 40 s on 2 idle cores)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,6 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / "run" / stage / "loss.png").is_file()
     assert (out / "samples" / "grids" / "grid-0000.png").is_file()
     assert len(json.loads((out / "samples" / "index.json").read_text())["images"]) == 8
+    assert (out / "contact_sheet.png").is_file()
+    registered = json.loads((out / "data_manifests" / "synthetic-demo" / "train.json").read_text())
+    assert registered["root"] == "$FDH_ROOT"
