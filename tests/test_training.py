@@ -287,3 +287,26 @@ def test_two_process_gloo_replicas_stay_identical(tmp_path, manifest):
     stats = (tmp_path / "run" / "18x10" / "stats.jsonl").read_text().splitlines()
     assert [json.loads(x)["nimg"] for x in stats] == [2, 4]  # written once, by rank 0
     assert json.loads((tmp_path / "run" / "18x10" / "stage.json").read_text())["world_size"] == 2
+
+
+def test_prepared_shards_feed_the_stages_they_hold(tmp_path, manifest):
+    """`--prepared DIR` (from `triagan prepare`): a stage whose resolution DIR holds reads the
+    pre-resized shards, the others the manifest; a preparation of other bytes is refused."""
+    from triagan_model.data.manifest import manifest_sha256
+
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", "--manifest", str(manifest), "--resolutions", "18",
+                 "--out", str(prepared)]) == 0  # fmt: skip
+    cfg, run = write_config(tmp_path / "c.toml"), tmp_path / "run"
+    assert _run(train_args(cfg, manifest, run, "--prepared", str(prepared))) == 0
+    stage_18 = json.loads((run / "18x10" / "stage.json").read_text())["stage_manifest"]
+    stage_36 = json.loads((run / "36x20" / "stage.json").read_text())["stage_manifest"]
+    assert Path(stage_18).parent.name == "18x10" and Path(stage_18).is_relative_to(prepared)
+    assert Path(stage_36) == manifest.resolve()
+
+    prepared_manifest = Path(stage_18)
+    doc = json.loads(prepared_manifest.read_text())
+    assert doc["provenance"]["parent"]["sha256"] == manifest_sha256(manifest)
+    doc["provenance"]["parent"]["sha256"] = "0" * 64  # as if prepared from other bytes
+    prepared_manifest.write_text(json.dumps(doc))
+    assert _run(train_args(cfg, manifest, tmp_path / "run2", "--prepared", str(prepared))) == 1

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="registered name (A..E, E-tiny) or TOML file")
     p.add_argument("--manifest", required=True, help="training manifest (docs/manifest.md)")
     p.add_argument("--run-dir", required=True, help="output directory (rerun to resume)")
+    p.add_argument("--prepared", default=None,
+                   help="`triagan prepare` output directory: stages whose resolution it holds "
+                   "read its pre-resized shards instead of decoding 288x160 PNGs")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-gpu", type=int, default=None,
                    help="images per forward pass per GPU (gradient accumulation makes up the "
@@ -69,6 +72,7 @@ def build_options(args: argparse.Namespace):
         image_ticks=args.image_ticks, slice_kimg=args.slice_kimg, device=args.device,
         tensorboard=args.tensorboard, grid_size=args.grid_size,
         feature_weights_dir=args.feature_weights, progress=not args.no_progress,
+        prepared=args.prepared,
     )  # fmt: skip
 
 

@@ -219,9 +219,11 @@ def _restore(nets: Nets, state: dict[str, Any], info: distributed.DistInfo, path
     return dict(state["progress"])
 
 
-def _grid_batch(opts: TrainOptions, resolution: tuple[int, int], device: torch.device):
+def _grid_batch(
+    opts: TrainOptions, manifest: str, resolution: tuple[int, int], device: torch.device
+):
     """The first ``grid_size`` samples of the manifest (no flip) and fixed latents."""
-    loader = build_loader(opts.manifest, resolution=resolution, batch_size=opts.grid_size,
+    loader = build_loader(manifest, resolution=resolution, batch_size=opts.grid_size,
                           seed=0, shuffle=False, flip=False, infinite=False)  # fmt: skip
     batch = _to_device(next(iter(loader)), device)
     z = torch.randn(len(batch["key"]), opts.config.generator.z_dim,
@@ -299,9 +301,12 @@ def train_stage(
             "batch_plan": plan.__dict__, "world_size": info.world_size,
             "previous_stage_weights": None if prev is None else str(prev),
             "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
+            "stage_manifest": str(Path(rundir.stage_manifest(opts, stage, manifest_sha))
+                                  .resolve()),
         })  # fmt: skip
     data_seed = seeding.derive_seed(opts.seed, index, "data") % 2**31
-    loader = build_loader(opts.manifest, resolution=stage.resolution, batch_size=plan.batch_gpu,
+    manifest = rundir.stage_manifest(opts, stage, manifest_sha)
+    loader = build_loader(manifest, resolution=stage.resolution, batch_size=plan.batch_gpu,
                           seed=data_seed, rank=info.rank,
                           world_size=info.world_size, num_workers=opts.num_workers,
                           shuffle_buffer=opts.shuffle_buffer, flip=cfg.augment.hflip,
@@ -309,7 +314,7 @@ def train_stage(
                           pin_memory=device.type == "cuda")  # fmt: skip
     with seeding.rng_untouched():
         data = iter(loader)
-        grid = _grid_batch(opts, stage.resolution, device) if info.is_main else None
+        grid = _grid_batch(opts, manifest, stage.resolution, device) if info.is_main else None
     augment = diff_augment(cfg.augment.diffaug)
     fade_kimg = stage_blur_fade_kimg(cfg.augment.blur_fade_kimg, stage.kimg, cfg.tiny)
     use_amp = cfg.mixed_precision and device.type == "cuda"

@@ -37,6 +37,7 @@ class TrainOptions:
     feature_weights_dir: str | None = None  # local weights of D's feature networks
     progress: bool = True  # progress bar with ETA on rank 0's terminal
     keep_checkpoints: int = 2
+    prepared: str | None = None  # `triagan prepare` output: pre-resized shards per stage
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}

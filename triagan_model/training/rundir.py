@@ -110,3 +110,28 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def stage_manifest(opts: TrainOptions, stage: StageConfig, manifest_sha: str) -> str:
+    """The manifest a stage reads: the pre-resized one `triagan prepare` wrote for the stage's
+    resolution (`--prepared DIR`: DIR/<H>x<W>/<split>.json) when there is one, else the
+    training manifest (resized on the fly). A prepared manifest must name the training
+    manifest's bytes as its parent, so a stale preparation is refused, not silently used."""
+    if opts.prepared is None:
+        return opts.manifest
+    from triagan_model.data.manifest import read_manifest
+
+    split = read_manifest(opts.manifest).split or "data"
+    candidate = Path(opts.prepared) / stage.name / f"{split}.json"
+    if not candidate.is_file():
+        return opts.manifest
+    prepared = read_manifest(candidate)
+    parent = (prepared.provenance.get("parent") or {}).get("sha256")
+    if parent != manifest_sha:
+        raise RunDirError(
+            f"{candidate} was prepared from another manifest (parent sha256 {str(parent)[:12]}"
+            f"...), not {opts.manifest}; rerun `triagan prepare` or drop --prepared"
+        )
+    if prepared.resolution != tuple(stage.resolution):
+        raise RunDirError(f"{candidate} holds {prepared.resolution}, not stage {stage.name}")
+    return str(candidate)
