@@ -1,0 +1,125 @@
+"""Benchmark: the batched ViTPose estimator against transformers' own per-image pipeline.
+
+Same random-init weights, same crops (synthetic FDH samples, person box from E_mask):
+  - library: `VitPoseImageProcessor` + `VitPoseForPoseEstimation` + `post_process_pose_estimation`,
+    one image at a time (the way its documentation runs it);
+  - ours: `fdhclean.estimators` vitpose-hf at batch 1 and at a large batch, flip test off (the
+    library has none) and on (what refine runs), through `estimate_samples` (crop workers).
+Prints images/s of each. On CPU the default is ViTPose-B (hidden 768, 12 layers); with a GPU,
+`--variant huge --batch 64` is the paper's ViTPose-H in bf16 (the full 1.83M-image train split
+in well under an hour needs > 510 images/s).
+
+    python bench/estimator.py                                   # ViTPose-B, CPU, 64 images
+    python bench/estimator.py --variant huge --device cuda --batch 64 --images 2048 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = {  # hidden size, layers, heads, MLP ratio: the ViTPose backbones
+    "base": (768, 12, 12, 4),
+    "huge": (1280, 32, 16, 4),
+}
+
+
+def make_model(variant: str, path: Path) -> None:
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+    hidden, layers, heads, ratio = VARIANTS[variant]
+    backbone = VitPoseBackboneConfig(hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=heads, mlp_ratio=ratio,
+                                     out_indices=[layers])  # fmt: skip
+    config = VitPoseConfig(backbone_config=backbone, use_simple_decoder=False, num_labels=17)
+    torch.manual_seed(0)
+    VitPoseForPoseEstimation(config).eval().save_pretrained(path)
+
+
+def samples(n: int, work: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(key, image, box) of n synthetic FDH samples."""
+    from fdhclean.estimators.inputs import decode_for_pose, pose_members
+    from fdhclean.shards import read_shard
+
+    per_shard = max(8, n)
+    subprocess.run([sys.executable, "-m", "fdhclean.cli", "synth", "--out", str(work / "data"),
+                    "--shards", "1", "--samples-per-shard", str(per_shard)],
+                   check=True, capture_output=True)  # fmt: skip
+    raw = read_shard(work / "data" / "val" / "out-000000.tar")[:n]
+    return [(s.key, *decode_for_pose(pose_members(s.find, s.get))) for s in raw]
+
+
+def library_rate(path: Path, items, device: str) -> float:
+    from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    model = VitPoseForPoseEstimation.from_pretrained(path, local_files_only=True).to(device)
+    proc = VitPoseImageProcessor()
+    start = time.perf_counter()
+    for _, image, (x0, y0, x1, y1) in items:
+        boxes = [[[x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0]]]
+        inputs = proc(images=[image], boxes=boxes, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = model(**inputs)
+        proc.post_process_pose_estimation(out, boxes=boxes)
+    return len(items) / (time.perf_counter() - start)
+
+
+def our_rate(path: Path, items, device: str, batch: int, flip: bool, workers: int) -> float:
+    from fdhclean.estimators import build_estimator, estimate_samples
+
+    est = build_estimator("vitpose-hf", checkpoint=path, device=device, batch_size=batch,
+                          flip_test=flip)  # fmt: skip
+    start = time.perf_counter()
+    for _ in estimate_samples(est, items, batch_size=batch, workers=workers, progress=False):
+        pass
+    return len(items) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="base")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="crop/decode processes (0 on a 2-core CPU, 8+ on a GPU node)",
+    )
+    args = parser.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="bench-estimator-") as tmp:
+        work = Path(tmp)
+        make_model(args.variant, work / "model")
+        items = samples(args.images, work)
+        device = (
+            f"{args.device} ({torch.cuda.get_device_name()})" if args.device == "cuda" else "CPU"
+        )
+        print(f"ViTPose-{args.variant[0].upper()} random init, {len(items)} images, {device}")
+        rows = [("library per-image pipeline, batch 1", library_rate(work / "model", items,
+                                                                     args.device))]  # fmt: skip
+        for batch in (1, args.batch):
+            for flip in (False, True):
+                rate = our_rate(work / "model", items, args.device, batch, flip, args.workers)
+                rows.append(
+                    (
+                        f"fdhclean vitpose-hf, batch {batch}, flip test {'on' if flip else 'off'}",
+                        rate,
+                    )
+                )
+        for name, rate in rows:
+            print(f"{name:48s} {rate:8.2f} images/s")
+
+
+if __name__ == "__main__":
+    main()
