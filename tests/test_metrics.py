@@ -120,7 +120,7 @@ def test_fid_respects_max_samples_and_checks_generated_shape(tmp_path):
     [("inception", "weights-inception-2015-12-05-6726825d.pth"), ("clip-vit-b32", "ViT-B-32.pt")],
 )
 def test_missing_local_weights_name_the_file(tmp_path, monkeypatch, name, filename):
-    monkeypatch.setenv("TRIAGAN_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TRIAGAN_WEIGHTS", str(tmp_path))
     with pytest.raises(MissingWeightsError, match=filename):
         FeatureExtractor(name)
     with pytest.raises(MissingWeightsError, match="elsewhere.pth"):

@@ -11,7 +11,7 @@ appended as a JSON line to OUT/metric-<name>.jsonl.
 
   fid, fid_clip      one generated image per real one (from that sample's conditioning), no
                      truncation; Inception (torch-fidelity) / CLIP ViT-B/32 features from LOCAL
-                     weight files ($TRIAGAN_WEIGHTS_DIR); real statistics cached per manifest
+                     weight files ($TRIAGAN_WEIGHTS); real statistics cached per manifest
                      sha256 in --cache-dir. fid:<extractor> picks any registered extractor.
   oks                needs --keypoints-results: a COCO keypoint results file estimated on the
                      images `triagan generate --truncation 0` wrote (image_id = int(key), or

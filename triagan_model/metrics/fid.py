@@ -12,7 +12,7 @@ file name, and the preprocessing from generator space ([-1, 1], any H x W) to it
                open_clip state dict for that architecture.
   test-random  a tiny randomly initialised CNN (fixed seed, no file) so the whole FID path runs
                in tests and CPU smoke runs; its numbers mean nothing.
-Weights are looked up as `weights_path` if given, else $TRIAGAN_WEIGHTS_DIR/<file>, else
+Weights are looked up as `weights_path` if given, else $TRIAGAN_WEIGHTS/<file>, else
 ~/.cache/triagan/weights/<file>.
 Real statistics are cached in `cache_dir` as .npz keyed by manifest sha256 + extractor +
 resolution + sample count. `evaluate_fid` generates one image per real one FROM THAT REAL
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from triagan_model.metrics.frechet import FeatureStats, fid_from_stats
 
-WEIGHTS_ENV = "TRIAGAN_WEIGHTS_DIR"
+WEIGHTS_ENV = "TRIAGAN_WEIGHTS"
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
