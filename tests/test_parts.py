@@ -22,7 +22,8 @@ from fdhclean.parts import (
 )
 from fdhclean.safe_pickle import UnsafePickleError
 
-REAL_SEGMENTATION = Path("/work/shared/data/smpl_vert_segmentation.json")
+# The open SMPL segmentation lies in shared/ beside the checkout (never copied into the repo).
+REAL_SEGMENTATION = Path(__file__).resolve().parents[2] / "shared/data/smpl_vert_segmentation.json"
 trimesh = pytest.importorskip("trimesh")
 
 OCTAHEDRON_VERTICES = np.array(
