@@ -234,3 +234,43 @@ def test_per_rank_prediction_files_merge_through_a_glob(val_run, synth_root, tmp
     assert tree_digest(out / "val") == tree_digest(val_run / "val")
     provenance = Manifest.read(out / "val" / "manifest.json").provenance["estimator"]
     assert len(provenance["predictions_sha256"]) == 2
+
+
+def test_rerun_after_a_hard_kill_removes_its_temporaries(val_run, synth_root, tmp_path):
+    """A SIGKILL leaves temporary files (no cleanup runs); the rerun that redoes the shard
+    removes them and ends identical to an uninterrupted run."""
+    import shutil
+
+    out = tmp_path / "hard-kill"
+    shutil.copytree(val_run, out)
+    split_out = out / "val"
+    (split_out / ".done" / "out-000001.json").unlink()  # shard 1 was being written ...
+    (split_out / "manifest.json").unlink()
+    stale = [
+        split_out / ".out-000001.tar.k1ll3d.tmp",
+        split_out / "report/.out-000001.parquet.x.tmp",
+    ]
+    for path in stale:
+        path.write_bytes(b"half a shard")
+    (split_out / "out-000001.tar").write_bytes(b"torn")  # ... or a torn earlier copy
+    assert refine(synth_root, out) == 0
+    assert not any(p.exists() for p in stale)
+    assert tree_digest(split_out) == tree_digest(val_run / "val")
+
+
+def test_licence_counts_and_dataset_card_from_metadata(synth_copy, tmp_path):
+    import pyarrow.parquet as pq
+
+    truth = pq.read_table(synth_copy / "truth_val.parquet", columns=["key"]).column("key")
+    keys = truth.to_pylist()
+    licences = ["CC BY 2.0", "CC BY-SA 2.0", "CC BY 2.0"]
+    metadata = {k: {"license": licences[i % 3], "author": f"a{i}", "url": f"u{i}",
+                    "cateogry": "validation"} for i, k in enumerate(keys)}  # fmt: skip
+    (synth_copy / "metadata.json").write_text(json.dumps(metadata))
+    out = tmp_path / "licensed"
+    assert refine(synth_copy, out) == 0
+    provenance = Manifest.read(out / "val" / "manifest.json").provenance
+    n = len(keys)
+    assert provenance["licenses"] == {"CC BY 2.0": n - n // 3, "CC BY-SA 2.0": n // 3}
+    card = (out / "val" / "DATASET_CARD.md").read_text()
+    assert f"| CC BY-SA 2.0 | {n // 3} |" in card and "Flickr" in card

@@ -212,8 +212,6 @@ class ReportEstimates:
     exact, so the refine chain's division by 160 gives back the stored float32 value exactly.
     """
 
-    workers_estimate = True
-
     def __init__(self, split_dir: Path) -> None:
         self.split_dir = Path(split_dir)
 

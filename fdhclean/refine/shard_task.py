@@ -101,6 +101,7 @@ def process_shard(
     codes in the report instead.
     """
     start = time.perf_counter()
+    remove_stale_temporaries(split_out, shard_path.name)
     # hashlib releases the GIL: the input and output hashes run beside the decoding and the
     # report instead of re-reading both files at the end.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
@@ -114,6 +115,18 @@ def process_shard(
     marker_path = output_paths(split_out, shard_path.name)[2]
     atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
     return result
+
+
+def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
+    """Temporary files a killed run left for this shard's outputs (`.<name>.*.tmp`): a rerun
+    that redoes the shard removes them (a clean failure removes its own already)."""
+    stale = []
+    for path in output_paths(split_out, shard_name):
+        if path.parent.is_dir():
+            stale += path.parent.glob(f".{path.name}.*.tmp")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> ShardResult:
