@@ -17,11 +17,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# This machine's pip configuration names local index folders that do not always exist; pip
+# warns once per package about them. Keep the log readable: drop exactly those lines.
+quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v "^WARNING: Location 'file:.*' is ignored" >&2); }
 echo "[setup] installing $TORCH_SPEC (local wheels, ~2 min on a fresh machine)"
 # shellcheck disable=SC2086
-"$VENV/bin/pip" install -q $TORCH_SPEC
+quiet_pip install -q $TORCH_SPEC
 echo "[setup] installing triagan-toolkit[all,dev]"
-"$VENV/bin/pip" install -q -e ".[all,dev]"
+quiet_pip install -q -e ".[all,dev]"
 rm -f "$VENV"/.setup-*
 touch "$stamp"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
