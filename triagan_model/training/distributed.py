@@ -59,32 +59,25 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average .grad over ranks with one flat all-reduce (parameters without grad are skipped)."""
-    if not info.enabled:
+def _mean_in_place(tensors: list[torch.Tensor], info: DistInfo) -> None:
+    """Replace each tensor by its mean over ranks, with one flat all-reduce."""
+    if not info.enabled or not tensors:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
+    flat = torch.cat([t.flatten() for t in tensors])
     dist.all_reduce(flat)
     flat /= info.world_size
-    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        g.copy_(part.view_as(g))
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))
+
+
+def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average .grad over ranks (parameters without grad are skipped)."""
+    _mean_in_place([p.grad for p in params if p.grad is not None], info)
 
 
 def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Average floating-point buffers over ranks (BN running stats, w_avg, SN vectors)."""
-    if not info.enabled:
-        return
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
-    if not bufs:
-        return
-    flat = torch.cat([b.flatten() for b in bufs])
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    for b, part in zip(bufs, flat.split([b.numel() for b in bufs]), strict=True):
-        b.copy_(part.view_as(b))
+    _mean_in_place([b for b in module.buffers() if b.is_floating_point()], info)
 
 
 def average_scalars(values: dict[str, float], info: DistInfo) -> dict[str, float]:
