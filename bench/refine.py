@@ -5,8 +5,9 @@ Times, in one run on the same synthetic shards (made by `fdhclean synth`):
   2. `fdhclean refine` with precomputed predictions (decode the members the vote needs, score,
      vote, write shard + report + marker), in-process and with worker processes;
 and prints samples/s of each and the ratio refine / copy (target: >= 0.5).
-Optionally (--estimator) it also times the ViTPose estimator against the library's per-image
-pipeline (see bench/estimator.py).
+With --estimator it then times the ViTPose estimator against transformers' per-image pipeline
+on the same random weights (bench/estimator.py: ViTPose-B at batch 1 and 32 on CPU; with a GPU,
+pass e.g. `--estimator-args "--variant huge --batch 64 --images 2048 --workers 8"`).
 
     python bench/refine.py                        # 4 shards x 500 samples
     python bench/refine.py --shards 8 --samples-per-shard 500 --workers 2
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="refine --workers for run 3")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
+    parser.add_argument("--estimator", action="store_true", help="also run bench/estimator.py")
+    parser.add_argument("--estimator-args", default="", help="arguments for bench/estimator.py")
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-refine-"))
@@ -94,6 +97,10 @@ def main() -> None:
     print(" shard work: the sum of the per-shard times in refine_summary.json)")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
+    if args.estimator:
+        print()
+        estimator = Path(__file__).with_name("estimator.py")
+        subprocess.run([sys.executable, str(estimator), *args.estimator_args.split()], check=True)
 
 
 if __name__ == "__main__":
