@@ -274,3 +274,23 @@ def test_licence_counts_and_dataset_card_from_metadata(synth_copy, tmp_path):
     assert provenance["licenses"] == {"CC BY 2.0": n - n // 3, "CC BY-SA 2.0": n // 3}
     card = (out / "val" / "DATASET_CARD.md").read_text()
     assert f"| CC BY-SA 2.0 | {n // 3} |" in card and "Flickr" in card
+
+
+def test_integer_pixel_estimates_land_in_their_pixel():
+    """Predictions are pixel coordinates (pixel i covers [i, i+1)); normalising them for the
+    vote (float64, refine-spec section 3) must keep every integer coordinate in its own pixel."""
+    from fdhclean.refine.sample import Sample
+    from fdhclean.refine.shard_task import attach_estimates
+    from fdhclean.shards import RawSample
+
+    xs, ys = np.arange(160.0), np.arange(288.0)
+    for coords, size, axis in ((xs, 160, 0), (ys, 288, 1)):
+        samples, estimates = [], {}
+        for i, value in enumerate(coords):
+            kp = np.full((17, 3), 0.9)
+            kp[:, axis] = value
+            estimates[str(i)] = kp
+            samples.append(Sample(raw=RawSample(key=str(i), shard="s", index=i)))
+        attach_estimates(samples, estimates)
+        got = np.array([np.floor(s.estimate_norm[0, axis] * size) for s in samples])
+        np.testing.assert_array_equal(got, coords)

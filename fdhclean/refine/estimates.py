@@ -205,12 +205,15 @@ def _device_for_rank(device: str) -> str:
     return f"cuda:{int(local_rank)}" if torch.cuda.is_available() else "cpu"
 
 
-class ReportEstimates:
-    """`fdhclean revote`: the raw estimates a cleaned split's report kept (`new_keypoints`).
+class NormalizedEstimates(dict):
+    """Estimates that are normalised already (x/W, y/H, score), not pixels."""
 
-    Each shard's estimates come from its own report file, as pixels: float64(x32) * 160 is
-    exact, so the refine chain's division by 160 gives back the stored float32 value exactly.
-    """
+    normalized = True
+
+
+class ReportEstimates:
+    """`fdhclean revote`: the raw estimates a cleaned split's report kept (`new_keypoints`),
+    handed on normalised and unchanged (float64), so the vote replays exactly."""
 
     def __init__(self, split_dir: Path) -> None:
         self.split_dir = Path(split_dir)
@@ -229,16 +232,14 @@ class ReportEstimates:
         return ((path, None) for path in shards)  # read where the shard is processed
 
     def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
-        from fdhclean.fdh import IMAGE_H, IMAGE_W
         from fdhclean.refine.originals import read_parent_rows
 
-        scale = np.array([IMAGE_W, IMAGE_H, 1.0])
         rows = read_parent_rows(shard_path, ["status", "new_keypoints"])
-        return {
-            key: np.asarray(row["new_keypoints"], dtype=np.float64).reshape(-1, 3) * scale
+        return NormalizedEstimates(
+            (key, np.asarray(row["new_keypoints"], dtype=np.float64).reshape(-1, 3))
             for key, row in rows.items()
             if row["status"] == "ok" and row["new_keypoints"] is not None
-        }
+        )
 
     def for_workers(self) -> ReportEstimates:
         return self

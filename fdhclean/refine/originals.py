@@ -2,11 +2,12 @@
 
 `fdhclean refine` reads raw (or re-cleaned) shards, whose `keypoints.npy` is the original.
 `fdhclean revote` reads a cleaned split, where `keypoints.npy` of an updated sample holds the
-estimate; its original comes from the parent run's report (`orig_keypoints`, the same float32
-values as `keypoints_original.npy`), and the parent's units and error statuses are kept.
+estimate; its original comes from the parent run's report (`orig_keypoints`), and the
+parent's units and error statuses are kept.
 
-Both sides vote on the float32 values the report stores (`stored_precision`), so a revote from
-the report with the same settings reproduces the run bit for bit (style.md point 3).
+The vote runs in float64 on normalised keypoints (refine-spec section 3), and the report stores
+exactly those float64 values, so a revote from the report with the same settings reproduces the
+run bit for bit (style.md point 3).
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ import numpy as np
 from fdhclean.fdh import NUM_KEYPOINTS
 from fdhclean.refine.sample import STATUS_OK, Sample
 from fdhclean.shards import detect_units, encode_npy, from_normalized, to_normalized
-
-
-def stored_precision(kp: np.ndarray) -> np.ndarray:
-    """float64 copy rounded to float32: the precision of the report's keypoint columns."""
-    return np.asarray(kp, dtype=np.float64).astype(np.float32).astype(np.float64)
 
 
 class OriginalSource(Protocol):
@@ -41,7 +37,7 @@ class StoredOriginals:
         for s in samples:
             if s.status == STATUS_OK:
                 kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
-                s.orig_norm = stored_precision(to_normalized(kp, units))
+                s.orig_norm = to_normalized(kp, units)
         return units
 
 
@@ -65,10 +61,10 @@ class ReportOriginals:
     """Revote: originals, units and error statuses from the parent run's report.
 
     A sample that was updated has lost its original `keypoints.npy` bytes; should the revote
-    keep the original, they are rebuilt from the report's normalised float32 values in the
-    shard's units and stored dtype (`restore_keypoints`). For float32 pixel-unit shards that is
-    float32(float32(x / 160) * 160), at most 1 ulp from the original value; normalised float32
-    shards get their bytes back exactly. Samples never updated keep their stored bytes.
+    keep the original, they are rebuilt from the report's normalised float64 values in the
+    shard's units and stored dtype (`restore_keypoints`): float32(float64(x) / 160 * 160) is x
+    again for float32 pixel values, and normalised shards get their values back as stored.
+    Samples never updated keep their stored bytes.
     """
 
     COLUMNS = ("status", "error", "updated", "orig_keypoints", "keypoint_units")

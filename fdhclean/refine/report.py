@@ -32,20 +32,22 @@ REPORT_SCHEMA = pa.schema(
         *[(f"{side}_{col}", pa.int64()) for side in ("orig", "new") for col in SCORE_COLUMNS],
         ("orig_frac", pa.float64()),
         ("new_frac", pa.float64()),
-        ("orig_keypoints", pa.list_(pa.float32())),
-        ("new_keypoints", pa.list_(pa.float32())),
+        # float64, the precision of the vote: a revote replays it exactly (refine-spec
+        # section 6 lists these as float32; see the README's deviations)
+        ("orig_keypoints", pa.list_(pa.float64())),
+        ("new_keypoints", pa.list_(pa.float64())),
         ("box", pa.list_(pa.int64())),
         ("box_source", pa.string()),
         ("keypoint_units", pa.string()),
     ]
 )
 REPORT_COLUMNS = tuple(REPORT_SCHEMA.names)
-_NUMPY_DTYPES = {pa.float32(): np.float32, pa.int64(): np.int64}
+_NUMPY_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int64(): np.int64}
 
 
 def flat_keypoints(kp: np.ndarray | None) -> np.ndarray | None:
-    """(17,3) -> 51 float32 (x, y, v, ...), or None."""
-    return None if kp is None else np.asarray(kp, dtype=np.float32).reshape(-1)
+    """(17,3) -> 51 float64 (x, y, v, ...), or None."""
+    return None if kp is None else np.asarray(kp, dtype=np.float64).reshape(-1)
 
 
 def empty_row() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from fdhclean.fdh import (
     MEMBER_KEYPOINTS_ORIGINAL,
 )
 from fdhclean.manifest import sha256_file
-from fdhclean.refine.originals import OriginalSource, StoredOriginals, stored_precision
+from fdhclean.refine.originals import OriginalSource, StoredOriginals
 from fdhclean.refine.report import empty_row, flat_keypoints, write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
 from fdhclean.shards import (
@@ -149,7 +149,9 @@ def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> Shard
 
 
 def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray]) -> None:
-    """Attach normalised estimates, at the report's float32 precision (see `originals`)."""
+    """Attach normalised float64 estimates (pixels / (W, H); a revote's estimates come
+    normalised already, `estimates.normalized`, so the report's values are replayed exactly)."""
+    scale = 1.0 if getattr(estimates, "normalized", False) else np.array([IMAGE_W, IMAGE_H, 1.0])
     for s in samples:
         if s.status != STATUS_OK:
             continue
@@ -161,7 +163,7 @@ def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarr
         if not np.isfinite(est).all():
             s.fail(STATUS_NO_ESTIMATE, "the estimate contains NaN or inf")
             continue
-        s.estimate_norm = stored_precision(est / np.array([IMAGE_W, IMAGE_H, 1.0]))
+        s.estimate_norm = est / scale
 
 
 def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
