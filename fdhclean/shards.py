@@ -54,6 +54,9 @@ class ShardReadError(Exception):
         self.reason = reason
         super().__init__(f"cannot read shard {self.path}: {reason}")
 
+    def __reduce__(self):  # picklable: it crosses process boundaries (refine --workers)
+        return type(self), (self.path, self.reason)
+
 
 def split_member_name(name: str) -> tuple[str, str] | None:
     """`dir/123.E_mask.png` -> (`dir/123`, `E_mask.png`): the key ends at the basename's first dot.

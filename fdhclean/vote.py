@@ -170,4 +170,6 @@ def chosen_keypoints(
     score = est[:, 2]
     with np.errstate(invalid="ignore"):
         out[:, 2] = np.where(score > new_min_score, score, 0.0)
+    if np.issubdtype(original.dtype, np.integer):
+        out = np.rint(out)  # integer storage (pixels): round, as `from_normalized` does
     return out.astype(original.dtype).reshape(original.shape)

@@ -94,3 +94,56 @@ def test_bad_samples_get_codes_and_bad_shards_fail_alone(synth_copy, tmp_path, c
         if s.key in keys[:6]:
             assert s.members == originals[s.key]
     assert not (out / "val" / "manifest.json").exists()
+
+
+def _refine(root, out, *extra):
+    return main(
+        ["refine", "--split", "val", "--data-root", str(root), "--out", str(out),
+         "--part-table", str(root / "parts.npz"),
+         "--predictions", str(root / "predictions_val.json"), *extra]
+    )  # fmt: skip
+
+
+def test_a_bad_shard_fails_alone_with_worker_processes(synth_copy, tmp_path, capsys):
+    shards = sorted((synth_copy / "val").glob("out-*.tar"))
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 3])
+    assert _refine(synth_copy, tmp_path / "out", "--workers", "2") == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {shards[1].name}: cannot read shard" in err
+    done = sorted(p.name for p in (tmp_path / "out" / "val" / ".done").iterdir())
+    assert done == [s.name.replace(".tar", ".json") for s in shards if s != shards[1]]
+
+
+def test_output_inside_the_input_is_refused(synth_copy, capsys):
+    before = {p.name: p.read_bytes() for p in (synth_copy / "val").glob("out-*.tar")}
+    assert _refine(synth_copy, synth_copy) == 2
+    assert "input split" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (synth_copy / "val").glob("out-*.tar")} == before
+
+
+def test_missing_members_and_lost_outputs(synth_copy, tmp_path):
+    shards = sorted((synth_copy / "val").glob("out-*.tar"))
+    keys = doctor_shard(shards[0], {0: _drop("image.png"), 1: _drop("maskrcnn_mask.png")})
+    out = tmp_path / "out"
+    assert _refine(synth_copy, out) == 0
+    report = pd.read_parquet(out / "val" / "report").set_index("key")
+    assert list(report.loc[keys[:2], "status"]) == ["bad-member", "bad-member"]
+    assert "image.png" in report.loc[keys[0], "error"]
+    # a cleaned shard lost after its marker was written is redone, not trusted
+    lost = out / "val" / shards[2].name
+    digest = hashlib.sha256(lost.read_bytes()).hexdigest()
+    lost.unlink()
+    assert _refine(synth_copy, out) == 0
+    assert hashlib.sha256(lost.read_bytes()).hexdigest() == digest
+
+
+def test_integer_keypoints_are_rounded_not_truncated():
+    from fdhclean.vote import chosen_keypoints
+
+    original = np.zeros((17, 3), dtype=np.int32)
+    estimate = np.tile([0.5, 0.5, 0.9], (17, 1))
+    estimate[0] = [0.9999, 0.2, 0.2]  # below the score threshold: v = 0
+    out = chosen_keypoints(original, estimate, True, 0.3, "pixels")
+    assert out.dtype == np.int32
+    assert out[1].tolist() == [80, 144, 1] and out[0].tolist() == [160, 58, 0]

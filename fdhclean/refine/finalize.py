@@ -34,17 +34,32 @@ def read_run_record(split_out: Path) -> dict[str, Any]:
 
 
 def completed_results(
-    split_out: Path, shard_names: list[str], fingerprint: str
+    split_out: Path, shard_names: list[str], fingerprint: str, input_dir: Path
 ) -> dict[str, ShardResult]:
-    """Shards whose completion marker exists and was written under the same settings."""
+    """Shards whose completion marker was written under the same settings and whose files
+    still match it: the cleaned shard and report exist, the cleaned shard and the input shard
+    have the sizes the marker recorded (a changed input or a lost output is redone)."""
     results = {}
     for name in shard_names:
-        marker = output_paths(split_out, name)[2]
-        if marker.is_file():
-            result = ShardResult.from_json(json.loads(marker.read_text()))
-            if result.fingerprint == fingerprint:
-                results[name] = result
+        tar_path, report_path, marker = output_paths(split_out, name)
+        if not marker.is_file():
+            continue
+        result = ShardResult.from_json(json.loads(marker.read_text()))
+        if (
+            result.fingerprint == fingerprint
+            and report_path.is_file()
+            and _size(tar_path) == result.output_bytes
+            and _size(input_dir / name) == result.input_bytes
+        ):
+            results[name] = result
     return results
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def sum_totals(results: list[ShardResult]) -> dict[str, Any]:
@@ -70,7 +85,7 @@ def finalize_split(split_out: Path) -> Manifest:
     record = read_run_record(split_out)
     data_root, split = Path(record["data_root"]), record["split"]
     names = [p.name for p in list_shards(data_root, split)]
-    results = completed_results(split_out, names, record["fingerprint"])
+    results = completed_results(split_out, names, record["fingerprint"], data_root / split)
     missing = [n for n in names if n not in results]
     if missing:
         raise IncompleteSplitError(

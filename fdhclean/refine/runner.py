@@ -61,6 +61,7 @@ def run_refine(
     after every shard (a failed shard passes an empty result).
     """
     split_out = settings.split_out
+    check_output_apart(settings)
     split_out.mkdir(parents=True, exist_ok=True)
     all_shards = list_shards(settings.data_root, settings.split)
     mine = shards_for_rank(all_shards, settings.rank, settings.world_size)
@@ -78,7 +79,8 @@ def run_refine(
         fingerprint=record["fingerprint"],
         originals=ReportOriginals() if settings.revote else StoredOriginals(),
     )
-    done = completed_results(split_out, [p.name for p in mine], record["fingerprint"])
+    input_dir = settings.data_root / settings.split
+    done = completed_results(split_out, [p.name for p in mine], record["fingerprint"], input_dir)
     outcome = RefineOutcome(skipped=sorted(done))
     todo = [p for p in mine if p.name not in done]
     if progress is not None:
@@ -95,9 +97,21 @@ def run_refine(
         outcome.manifest = finalize_split(split_out)
     except IncompleteSplitError:
         names = [p.name for p in all_shards]
-        complete = completed_results(split_out, names, record["fingerprint"])
+        complete = completed_results(split_out, names, record["fingerprint"], input_dir)
         outcome.pending_elsewhere = len(names) - len(complete) - len(outcome.failed)
     return outcome
+
+
+def check_output_apart(settings: RefineSettings) -> None:
+    """Inputs are never written to: OUT/SPLIT must be neither the input split nor inside it,
+    and must not contain it (cleaned shards keep the input's file names)."""
+    inputs = (settings.data_root / settings.split).resolve()
+    output = settings.split_out.resolve()
+    if output == inputs or output.is_relative_to(inputs) or inputs.is_relative_to(output):
+        raise ValueError(
+            f"--out {settings.out} would write into the input split {inputs}: cleaned shards "
+            "keep the input's names, so choose an output root apart from --data-root"
+        )
 
 
 def run_record(settings: RefineSettings, table: PartTable, rules, source: EstimateSource):

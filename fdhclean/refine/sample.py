@@ -17,8 +17,10 @@ from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
     MEMBER_EMASK,
+    MEMBER_IMAGE,
     MEMBER_KEYPOINTS,
     MEMBER_MASK,
+    MEMBER_MASKRCNN,
     MEMBER_VERTICES,
     NUM_KEYPOINTS,
 )
@@ -63,9 +65,21 @@ class Sample:
         self.emask = self.vertices = None  # free the maps; they are not needed any more
 
 
+# Every FDH member must be there (a cleaned sample is a training sample); the vote decodes
+# only some of them, so the others are checked for presence, not decoded (that would cost a
+# 288x160 RGB PNG decode per sample).
+REQUIRED_MEMBERS = (
+    MEMBER_IMAGE, MEMBER_MASK, MEMBER_MASKRCNN, MEMBER_EMASK, MEMBER_VERTICES, MEMBER_KEYPOINTS,
+)  # fmt: skip
+
+
 def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     """Decode the members the vote needs; any failure becomes a `bad-member` status."""
     sample = Sample(raw=raw)
+    missing = [name for name in REQUIRED_MEMBERS if raw.find(name) is None]
+    if missing:
+        sample.fail(STATUS_BAD_MEMBER, f"missing member(s): {', '.join(missing)}")
+        return sample
     try:
         keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
         if keypoints.size != NUM_KEYPOINTS * 3:
