@@ -240,3 +240,19 @@ def test_region_area_and_results_file(tmp_path):
     assert count == 1 and value == pytest.approx(1.0)
     value_small, _ = mean_oks(cond, {42: np.reshape(bad, (17, 3))}, areas={"0042": 1000.0})
     assert value_small < mean_oks(cond, {42: np.reshape(bad, (17, 3))})[0]
+
+
+def test_mean_oks_scores_only_what_the_generator_saw():
+    """Ground truth = the keypoints drawn into the conditioning (v > 0, inside the crop); a
+    sample with none is left out (COCOeval ignores a ground truth without keypoints)."""
+    from triagan_model.metrics.oks import mean_oks, normalized_to_pixels
+
+    kp = np.tile([0.5, 0.5, 2.0], (17, 1))
+    outside = kp.copy()
+    outside[3] = [1.5, 0.5, 2.0]  # outside the crop: not drawn, so not scored
+    nothing = kp.copy()
+    nothing[:, 2] = 0
+    det = normalized_to_pixels(kp[None])[0]
+    det[3, 0] += 500.0  # far off, but only on the keypoint that was never drawn
+    mean, n = mean_oks({"1": outside, "2": nothing}, {1: det, 2: det})
+    assert n == 1 and mean == pytest.approx(1.0)

@@ -54,6 +54,21 @@ def test_generator_shapes_and_known_pixels(stage):
     assert not torch.equal(out["img"][~known], image[~known])
 
 
+def test_generator_under_bf16_autocast():
+    """What the training loop runs on a GPU (mixed precision): w_avg updates in float32 and the
+    known pixels still come back bit for bit (here CPU autocast, the same dtype rules)."""
+    torch.manual_seed(0)
+    cfg = tiny().generator_config("18x10")
+    g = TriaGANGenerator(cfg)
+    image, mask, person, kp = random_batch(2, cfg.resolution)
+    cond = build_condition(image, mask, person, kp, cfg.resolution)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = g(cond, update_w_avg=True)
+    assert g.mapping.w_avg.dtype == torch.float32 and out["img"].dtype == torch.float32
+    known = mask.expand_as(image) > 0
+    assert torch.equal(out["img"][known], image[known])
+
+
 def test_generator_rejects_wrong_input_shape():
     g = TriaGANGenerator(tiny().generator_config("18x10"))
     with pytest.raises(ValueError, match="cond must have shape"):

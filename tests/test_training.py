@@ -122,6 +122,8 @@ def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, mo
     assert _run(train_args(cfg, manifest, run, *common)) == 1
     monkeypatch.setattr(loop, "train_step", real_step)
     assert checkpoint.list_states(run / "18x10" / "checkpoints")[0].name.endswith("04.safetensors")
+    # Resuming with another seed would read another data stream: refused.
+    assert _run(train_args(cfg, manifest, run, *common, "--seed", "1")) == 1
     assert _run(train_args(cfg, manifest, run, *common)) == 0
     a, b = _final_state(tmp_path / "a"), _final_state(run)
     assert a["progress"]["nimg"] == b["progress"]["nimg"] == 8
@@ -137,6 +139,16 @@ def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, mo
              for r in (tmp_path / "a", run)]  # fmt: skip
     assert [x["nimg"] for x in lines[1]] == [x["nimg"] for x in lines[0]] == [2, 4, 6, 8]
     assert [x["loss/G"] for x in lines[1]] == [x["loss/G"] for x in lines[0]]
+
+
+def test_all_checkpoints_unreadable_is_an_error_not_a_restart(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for nimg in (1000, 2000):
+        (d / f"state-{nimg:012d}.safetensors").write_bytes(b"torn")
+    with pytest.raises(checkpoint.UnreadableCheckpointsError):
+        checkpoint.load_latest(d)
+    assert len(list(d.glob("*.unreadable"))) == 2 and not checkpoint.list_states(d)
 
 
 def test_ema_beta_and_update_by_hand():

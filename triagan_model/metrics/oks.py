@@ -108,6 +108,14 @@ def read_coco_results(path: str | os.PathLike) -> dict[int, np.ndarray]:
     return {k: v for k, (_, v) in best.items()}
 
 
+def conditioning_visible(keypoints: np.ndarray) -> np.ndarray:
+    """The keypoints the generator was conditioned on: v > 0 and inside the crop (normalised
+    x, y in [0, 1]), the rule `build_condition` draws by. (N,17) bool."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    x, y, v = kp[..., 0], kp[..., 1], kp[..., 2]
+    return (v > 0) & (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)
+
+
 def mean_oks(
     conditioning: dict[str, np.ndarray],
     detections: dict[int, np.ndarray],
@@ -115,11 +123,24 @@ def mean_oks(
 ) -> tuple[float, int]:
     """Mean OKS over keys with a detection. conditioning: {key: (17,3) NORMALISED} (as in the
     shards); detections: read_coco_results output; areas: per-key area (default: the crop).
+
+    Only keypoints the generator saw count as ground truth (`conditioning_visible`); a sample
+    with none is left out, as COCOeval ignores a ground truth without keypoints.
     Returns (mean, number of samples scored)."""
     keys = [k for k in conditioning if int(k) in detections]
     if not keys:
         return float("nan"), 0
-    gt = normalized_to_pixels(np.stack([conditioning[k] for k in keys]))
-    dt = np.stack([detections[int(k)] for k in keys])
-    area = CROP_AREA if areas is None else np.array([areas[k] for k in keys])
-    return float(oks(gt, dt, area).mean()), len(keys)
+    norm = np.stack([conditioning[k] for k in keys]).astype(np.float64)
+    visible = conditioning_visible(norm)
+    norm[..., 2] = np.where(visible, np.maximum(norm[..., 2], 1.0), 0.0)
+    scored = visible.any(axis=1)
+    if not scored.any():
+        return float("nan"), 0
+    gt = normalized_to_pixels(norm[scored])
+    dt = np.stack([detections[int(k)] for k, s in zip(keys, scored, strict=True) if s])
+    area = (
+        CROP_AREA
+        if areas is None
+        else np.array([areas[k] for k, s in zip(keys, scored, strict=True) if s])
+    )
+    return float(oks(gt, dt, area).mean()), int(scored.sum())

@@ -175,7 +175,9 @@ class TriaGANGenerator(nn.Module):
         x = self.from_rgb(cond)
         x, feats = self.encoder(x, w)
         raw = self.to_rgb(self.decoder(x, w, feats, noise_mode))
+        # Composite in float32: under bf16 autocast the known pixels must still come back bit
+        # for bit (D sees real images in float32 too).
         mask = cond[:, 3:4]
-        known = cond[:, :3].to(raw.dtype)
-        img = torch.where(mask > 0.5, known, raw)
+        raw = raw.float()
+        img = torch.where(mask > 0.5, cond[:, :3].float(), raw)
         return {"img": img, "unmasked": raw}

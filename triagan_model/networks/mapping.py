@@ -41,7 +41,7 @@ class MappingNetwork(nn.Module):
             x = layer(x)
         if update_w_avg:
             with torch.no_grad():
-                self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+                self.w_avg.copy_(x.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
         return x
 
     def truncate(

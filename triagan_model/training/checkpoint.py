@@ -106,13 +106,29 @@ def list_states(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+class UnreadableCheckpointsError(RuntimeError):
+    """Checkpoints exist but none reads back: restarting from zero would lose the stage."""
+
+
 def load_latest(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that reads back, or None; unreadable files are reported, skipped."""
+    """The newest checkpoint that reads back, or None when there is none at all.
+
+    A damaged newest file (e.g. a torn write on another filesystem) is moved aside to
+    `*.unreadable` and the next older one is used; if every checkpoint is damaged this raises
+    instead of silently restarting the stage from image 0.
+    """
     from safetensors import SafetensorError
 
-    for p in list_states(directory):
+    states = list_states(directory)
+    for p in states:
         try:
             return p, load(p)
         except (OSError, ValueError, KeyError, SafetensorError) as exn:  # damaged: use the older
-            print(f"warning: skipping unreadable checkpoint {p}: {exn}")
+            print(f"warning: unreadable checkpoint {p} moved aside: {exn}")
+            p.rename(p.with_name(p.name + ".unreadable"))
+    if states:
+        raise UnreadableCheckpointsError(
+            f"none of the {len(states)} checkpoints in {directory} reads back (moved aside as "
+            "*.unreadable); delete the stage directory to restart it from zero"
+        )
     return None

@@ -290,6 +290,7 @@ def train_stage(
     progress = {"nimg": 0, "step": 0, "tick": 0, "batches": 0, "train_s": 0.0}
     latest = checkpoint.load_latest(sdir / "checkpoints")
     if latest is not None:
+        rundir.check_resume(opts, stage, plan.__dict__)
         progress = _restore(nets, latest[1], info, latest[0])
         print(f"stage {stage.name}: resuming from {latest[0]} ({progress['nimg']} images)")
     else:
@@ -298,7 +299,7 @@ def train_stage(
         sdir.mkdir(parents=True, exist_ok=True)
         stats_mod.truncate_after(sdir / "stats.jsonl", progress["nimg"])
         rundir.write_stage_files(opts, stage, index, {
-            "batch_plan": plan.__dict__, "world_size": info.world_size,
+            "batch_plan": plan.__dict__, "world_size": info.world_size, "seed": opts.seed,
             "previous_stage_weights": None if prev is None else str(prev),
             "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
             "stage_manifest": str(Path(rundir.stage_manifest(opts, stage, manifest_sha))

@@ -102,6 +102,22 @@ def write_stage_files(opts: TrainOptions, stage: StageConfig, index: int, extra:
                                   "kimg": stage.kimg, **extra})  # fmt: skip
 
 
+def check_resume(opts: TrainOptions, stage: StageConfig, batch_plan: dict[str, Any]) -> None:
+    """A resumed stage must read the data stream it started: the loader skips the batches
+    already seen, which is only right with the same per-GPU batch and seed."""
+    path = stage_dir(opts, stage) / "stage.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    was = (before.get("batch_plan", {}).get("batch_gpu"), before.get("seed"))
+    now = (batch_plan["batch_gpu"], opts.seed)
+    if was != now:
+        raise RunDirError(
+            f"stage {stage.name} of {opts.run_dir} started with --batch-gpu {was[0]} and --seed "
+            f"{was[1]}, not {now[0]} and {now[1]}: resuming would read another data stream"
+        )
+
+
 def mark_done(opts: TrainOptions, stage: StageConfig, doc: dict[str, Any]) -> None:
     write_json(stage_dir(opts, stage) / DONE_FILE, doc)
 
