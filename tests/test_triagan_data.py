@@ -277,3 +277,13 @@ def test_prepare_rejects_bad_heights(shards, tmp_path, capsys):
                          "--out", str(tmp_path)]) == 1  # fmt: skip
     assert "17" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_a_slot_without_samples_fails_instead_of_hanging(tmp_path):
+    from triagan_model.data.loader import build_loader
+
+    manifest = make_shards(tmp_path, n_shards=1, per_shard=1)
+    loader = build_loader(manifest, resolution=(18, 10), batch_size=1, seed=0, rank=1,
+                          world_size=2, infinite=True)  # fmt: skip
+    with pytest.raises(ValueError, match="has no samples"):
+        next(iter(loader))

@@ -183,10 +183,19 @@ class FDHStream(IterableDataset):
                     epoch += 1
                     continue
             samples = self._epoch_samples(worker, num_workers, epoch)
-            yield from itertools.islice(samples, skip, None) if skip else samples
-            skip = 0
+            produced = 0
+            for sample in itertools.islice(samples, skip, None) if skip else samples:
+                produced += 1
+                yield sample
             if not cfg.infinite:
                 return
+            if produced == 0 and skip == 0:  # an endless stream would never yield: say why
+                raise ValueError(
+                    f"rank {cfg.rank} worker {worker} has no samples in epoch {epoch}: the "
+                    f"{self.manifest.num_samples} samples of {self.manifest.path} cannot feed "
+                    f"{cfg.world_size} rank(s) x {num_workers} worker(s)"
+                )
+            skip = 0
             epoch += 1
 
     def _skip_samples(self, worker: int, num_workers: int) -> int:
