@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,16 +28,23 @@ import time
 from pathlib import Path
 
 
-def plain_copy(src_dir: Path, dst_dir: Path) -> int:
-    """Read every member of every shard and write it out: the I/O floor of any rewrite."""
+def plain_copy(src_dir: Path, dst_dir: Path, durable: bool = False) -> int:
+    """Read every member of every shard and write it out: the I/O floor of any rewrite.
+
+    `durable` also fsyncs each output shard, as refine does for every file it writes (how much
+    that costs depends on the disk, and is most of this benchmark's run-to-run noise)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     members = 0
     for shard in sorted(src_dir.glob("out-*.tar")):
-        with tarfile.open(shard) as src, tarfile.open(dst_dir / shard.name, "w") as dst:
-            for info in src:
-                data = src.extractfile(info).read()
-                dst.addfile(info, io.BytesIO(data))
-                members += 1
+        with open(dst_dir / shard.name, "wb") as fh:
+            with tarfile.open(shard) as src, tarfile.open(fileobj=fh, mode="w") as dst:
+                for info in src:
+                    data = src.extractfile(info).read()
+                    dst.addfile(info, io.BytesIO(data))
+                    members += 1
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
     return members
 
 
@@ -75,6 +83,8 @@ def main() -> None:
     rows = []
     t, _ = timed(plain_copy, data / "train", work / "copy")
     rows.append(("plain tar copy (in-process)", t))
+    t, _ = timed(plain_copy, data / "train", work / "copy-fsync", True)
+    rows.append(("plain tar copy + fsync per shard", t))
     for workers in (0, args.workers):
         out = work / f"clean-w{workers}"
         shutil.rmtree(out, ignore_errors=True)
