@@ -98,13 +98,13 @@ def _run(settings, console) -> int:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"refine {settings.split} rank {settings.rank}", total=None)
-        samples = 0
+        task, samples = None, 0  # the bar appears once the run knows its shards
 
         def on_shard(result, total: int) -> None:
-            nonlocal samples
+            nonlocal samples, task
             if result is None:
-                progress.update(task, total=total)
+                name = f"refine {settings.split} rank {settings.rank}"
+                task = progress.add_task(name, total=total)
                 return
             samples += result.samples
             description = f"refine {settings.split}: {samples} samples, last {result.shard}"
