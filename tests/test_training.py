@@ -322,3 +322,15 @@ def test_prepared_shards_feed_the_stages_they_hold(tmp_path, manifest):
     doc["provenance"]["parent"]["sha256"] = "0" * 64  # as if prepared from other bytes
     prepared_manifest.write_text(json.dumps(doc))
     assert _run(train_args(cfg, manifest, tmp_path / "run2", "--prepared", str(prepared))) == 1
+
+
+def test_keypoints_overlay_is_used_and_recorded(tmp_path, manifest):
+    from triagan_model.data.manifest import file_sha256
+
+    overlay = tmp_path / "fdh_keypoints_train.json"
+    overlay.write_text(json.dumps({"999999": [[0.5, 0.5, 2.0]] * 17}))
+    cfg = write_config(tmp_path / "c.toml", ((18, 10, "[1, 1]", 0.002),))
+    run = tmp_path / "run"
+    assert _run(train_args(cfg, manifest, run, "--keypoints-overlay", str(overlay))) == 0
+    record = json.loads((run / "18x10" / "stage.json").read_text())["keypoints_overlay"]
+    assert record == {"path": str(overlay.resolve()), "sha256": file_sha256(overlay)}

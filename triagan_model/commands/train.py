@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="registered name (A..E, E-tiny) or TOML file")
     p.add_argument("--manifest", required=True, help="training manifest (docs/manifest.md)")
     p.add_argument("--run-dir", required=True, help="output directory (rerun to resume)")
+    p.add_argument("--keypoints-overlay", default=None,
+                   help="refined-keypoint JSON {key: [[x, y, v] x 17]} (normalised), e.g. the "
+                   "authors' fdh_keypoints_train.json or `fdhclean export --format dp2-json`: "
+                   "replaces the shards' keypoints for the keys it holds")  # fmt: skip
     p.add_argument("--prepared", default=None,
                    help="`triagan prepare` output directory: stages whose resolution it holds "
                    "read its pre-resized shards instead of decoding 288x160 PNGs")  # fmt: skip
@@ -72,7 +76,7 @@ def build_options(args: argparse.Namespace):
         image_ticks=args.image_ticks, slice_kimg=args.slice_kimg, device=args.device,
         tensorboard=args.tensorboard, grid_size=args.grid_size,
         feature_weights_dir=args.feature_weights, progress=not args.no_progress,
-        prepared=args.prepared,
+        prepared=args.prepared, keypoints_overlay=args.keypoints_overlay,
     )  # fmt: skip
 
 

@@ -219,12 +219,21 @@ def _restore(nets: Nets, state: dict[str, Any], info: distributed.DistInfo, path
     return dict(state["progress"])
 
 
+def _overlay_record(path: str | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    from triagan_model.data.manifest import file_sha256
+
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+
+
 def _grid_batch(
     opts: TrainOptions, manifest: str, resolution: tuple[int, int], device: torch.device
 ):
     """The first ``grid_size`` samples of the manifest (no flip) and fixed latents."""
     loader = build_loader(manifest, resolution=resolution, batch_size=opts.grid_size,
-                          seed=0, shuffle=False, flip=False, infinite=False)  # fmt: skip
+                          seed=0, shuffle=False, flip=False, infinite=False,
+                          overlay=opts.keypoints_overlay)  # fmt: skip
     batch = _to_device(next(iter(loader)), device)
     z = torch.randn(len(batch["key"]), opts.config.generator.z_dim,
                     generator=torch.Generator().manual_seed(opts.seed)).to(device)  # fmt: skip
@@ -300,6 +309,7 @@ def train_stage(
         stats_mod.truncate_after(sdir / "stats.jsonl", progress["nimg"])
         rundir.write_stage_files(opts, stage, index, {
             "batch_plan": plan.__dict__, "world_size": info.world_size, "seed": opts.seed,
+            "keypoints_overlay": _overlay_record(opts.keypoints_overlay),
             "previous_stage_weights": None if prev is None else str(prev),
             "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
             "stage_manifest": str(Path(rundir.stage_manifest(opts, stage, manifest_sha))
@@ -311,7 +321,7 @@ def train_stage(
                           seed=data_seed, rank=info.rank,
                           world_size=info.world_size, num_workers=opts.num_workers,
                           shuffle_buffer=opts.shuffle_buffer, flip=cfg.augment.hflip,
-                          skip_batches=progress["batches"],
+                          skip_batches=progress["batches"], overlay=opts.keypoints_overlay,
                           pin_memory=device.type == "cuda")  # fmt: skip
     with seeding.rng_untouched():
         data = iter(loader)

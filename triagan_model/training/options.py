@@ -38,6 +38,7 @@ class TrainOptions:
     progress: bool = True  # progress bar with ETA on rank 0's terminal
     keep_checkpoints: int = 2
     prepared: str | None = None  # `triagan prepare` output: pre-resized shards per stage
+    keypoints_overlay: str | None = None  # reference-style refined-keypoint JSON {key: 17x3}
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
