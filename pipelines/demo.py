@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
          str(clean / "train" / "manifest.json"), "--run-dir", str(run), "--device", "cpu",
          "--workers", "0", "--tick-kimg", "0.004", "--snapshot-ticks", "4", "--image-ticks", "4",
          "--grid-size", "6", "--seed", str(args.seed))  # fmt: skip
-    last = sorted(d for d in run.iterdir() if (d / "stage-complete.json").is_file())[-1]
+    stages = sorted(
+        (d for d in run.iterdir() if (d / "stage-complete.json").is_file()),
+        key=lambda d: int(d.name.split("x")[0]),
+    )  # by height: "144x80" after "72x40"
+    if not stages:
+        raise SystemExit(f"demo: no completed training stage in {run}")
+    last = stages[-1]
     samples = out / "samples"
     step("generate", tg, "generate", "--weights", str(last / "weights"), "--manifest",
          str(clean / "val" / "manifest.json"), "--out", str(samples), "--num", "8",
@@ -90,12 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             ("contact sheet (updated val samples)", out / "contact_sheet.png"),
             ("registered manifests", out / "data_manifests" / "synthetic-demo"),
             ("run record (manifest sha256)", run / "run.json")]  # fmt: skip
-    for d in sorted(run.iterdir()):
-        if (d / "stage-complete.json").is_file():
-            rows += [(f"{d.name} loss plot", d / "loss.png"),
-                     (f"{d.name} training grid (condition | generated | real)",
-                      d / "images" / "samples-final.png"),
-                     (f"{d.name} EMA generator weights", d / "weights")]  # fmt: skip
+    for d in stages:
+        rows += [(f"{d.name} loss plot", d / "loss.png"),
+                 (f"{d.name} training grid (condition | generated | real)",
+                  d / "images" / "samples-final.png"),
+                 (f"{d.name} EMA generator weights", d / "weights")]  # fmt: skip
     rows += [
         (
             "val samples grid (original | condition | generated)",
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, path in rows:
         print(f"  {what}: {path}{'' if path.exists() else '  (missing!)'}")
     print("NOTE: a TINY test config with random feature networks: NOT the paper's model.")
-    return 0
+    return 0 if all(path.exists() for _, path in rows) else 1
 
 
 if __name__ == "__main__":

@@ -98,7 +98,20 @@ def test_import_dp2_round_trip(tmp_path, old):
     assert torch.equal(
         sd["decoder.levels.0.1.conv0.noise_const"], ref["decoder.layers.0.1.conv0.noise_const"]
     )
-    assert (tmp_path / "o" / "w_centers.safetensors").is_file()
+    from triagan_model.sampling.truncation import load_centres
+
+    centres, _ = load_centres(tmp_path / "o" / "w_centers.safetensors")  # for --clusters
+    assert torch.equal(centres, ref["style_net.w_centers"])
+
+
+def test_import_dp2_shape_mismatch_is_a_message(tmp_path, capsys):
+    ref = reference_state(16, [1, 1, 1], 2, (36, 20))  # right levels, other width
+    torch.save(ref, tmp_path / "narrow.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["import-dp2", str(tmp_path / "narrow.ckpt"), "--config", "E-tiny",
+                   "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 1 and "shapes" in capsys.readouterr().err
 
 
 def test_import_dp2_rejects_mismatch(tmp_path, capsys):
@@ -108,13 +121,13 @@ def test_import_dp2_rejects_mismatch(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rc = main(["import-dp2", str(tmp_path / "bad.ckpt"), "--config", "E-tiny", "--out", "x"])
-    assert rc == 1 and "no mapping" in capsys.readouterr().out
+    assert rc == 1 and "no mapping" in capsys.readouterr().err
     ref = reference_state(32, [1, 1, 1], 1, (36, 20))  # 1 block per level: not Config E
     torch.save(ref, tmp_path / "a.ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rc = main(["import-dp2", str(tmp_path / "a.ckpt"), "--config", "E-tiny", "--out", "x"])
-    assert rc == 1 and "does not fit" in capsys.readouterr().out
+    assert rc == 1 and "does not fit" in capsys.readouterr().err
 
 
 def test_summary_prints_exact_counts(capsys):

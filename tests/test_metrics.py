@@ -237,7 +237,7 @@ def test_region_area_and_results_file(tmp_path):
     dets = read_coco_results(path)
     assert list(dets) == [42] and np.allclose(dets[42], np.reshape(good, (17, 3)))
     value, count = mean_oks(cond, dets)
-    assert count == 1 and value == pytest.approx(1.0)
+    assert count == 2 and value == pytest.approx(0.5)  # "7" has no detection: a miss scores 0
     value_small, _ = mean_oks(cond, {42: np.reshape(bad, (17, 3))}, areas={"0042": 1000.0})
     assert value_small < mean_oks(cond, {42: np.reshape(bad, (17, 3))})[0]
 

@@ -287,3 +287,27 @@ def test_a_slot_without_samples_fails_instead_of_hanging(tmp_path):
                           world_size=2, infinite=True)  # fmt: skip
     with pytest.raises(ValueError, match="has no samples"):
         next(iter(loader))
+
+
+def test_prepare_keeps_splits_apart_and_refuses_another_parent(tmp_path):
+    from triagan_model.cli import main as triagan_main
+    from triagan_model.data.manifest import read_manifest
+
+    train = make_shards(tmp_path / "a", n_shards=2, per_shard=3)
+    val = make_shards(tmp_path / "b", n_shards=1, per_shard=2)
+    doc = json.loads(Path(val).read_text())
+    doc["split"] = "val"
+    Path(val).write_text(json.dumps(doc))
+    out = tmp_path / "prepared"
+    for manifest in (train, val):
+        assert triagan_main(["prepare", "--manifest", str(manifest), "--resolutions", "18",
+                             "--out", str(out)]) == 0  # fmt: skip
+    sizes = {}
+    for split in ("train", "val"):
+        prepared = read_manifest(out / "18x10" / f"{split}.json", verify=True)
+        assert all(s.path.parent.name == split for s in prepared.shards)
+        sizes[split] = prepared.num_samples
+    assert sizes == {"train": 6, "val": 2}
+    other = make_shards(tmp_path / "c", n_shards=1, per_shard=1)  # another "train" manifest
+    assert triagan_main(["prepare", "--manifest", str(other), "--resolutions", "18",
+                         "--out", str(out)]) != 0  # fmt: skip

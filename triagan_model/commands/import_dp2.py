@@ -11,6 +11,7 @@ when the checkpoint has the multi-modal truncation centres). The checkpoint is r
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, source: str = ""):
     """Convert a reference generator state dict and write it; returns the output directory."""
-    from safetensors.torch import save_file
-
     from triagan_model.dp2_import import convert_state_dict
     from triagan_model.networks.generator import TriaGANGenerator
     from triagan_model.weights import save_generator
@@ -45,6 +44,13 @@ def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, 
             raise ValueError(f"config {cfg.name} has no stage with {conv.n_levels} levels")
         stage = matches[0].name
     g = TriaGANGenerator(cfg.generator_config(stage))
+    ours = g.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+             for k, v in conv.state.items() if k in ours and v.shape != ours[k].shape]  # fmt: skip
+    if wrong:
+        raise ValueError(
+            f"checkpoint does not fit config {cfg.name} stage {stage}: shapes {wrong[:4]}"
+        )
     result = g.load_state_dict(conv.state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -54,8 +60,10 @@ def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, 
     out = save_generator(
         g, out_dir, config_name=cfg.name, stage=stage, source=f"import-dp2 {source}".strip()
     )
-    if conv.w_centers is not None:
-        save_file({"w_centers": conv.w_centers.contiguous()}, str(out / "w_centers.safetensors"))
+    if conv.w_centers is not None:  # the reference's multi-modal truncation centres
+        from triagan_model.sampling.truncation import save_centres
+
+        save_centres(out / "w_centers.safetensors", conv.w_centers, source=f"import-dp2 {source}")
     return out
 
 
@@ -68,17 +76,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=not args.allow_pickle)
     except FileNotFoundError:
-        print(f"triagan import-dp2: {args.ckpt} not found")
+        print(f"triagan import-dp2: {args.ckpt} not found", file=sys.stderr)
         return 2
     except Exception as e:  # re-raised as a message: torch's unpickling errors vary by version
-        print(f"triagan import-dp2: cannot read {args.ckpt} with weights_only: {e}")
-        print("  (if you trust the file, rerun with --allow-pickle)")
+        print(f"triagan import-dp2: cannot read {args.ckpt} with weights_only: {e}",
+              file=sys.stderr)  # fmt: skip
+        print("  (if you trust the file, rerun with --allow-pickle)", file=sys.stderr)
         return 2
     try:
         state = extract_generator_state(ckpt)
         out = import_checkpoint(state, load_config(args.config), args.out, args.stage, args.ckpt)
     except (KeyError, ValueError) as e:
-        print(f"triagan import-dp2: {args.ckpt}: {e}")
+        print(f"triagan import-dp2: {args.ckpt}: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

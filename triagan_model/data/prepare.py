@@ -1,7 +1,7 @@
 """Pre-resized shard copies for the low-resolution stages (fdh-format.md, derived layouts).
 
 `prepare` reads every shard of a manifest once and writes, per stage height H (width
-H * 160 / 288), `OUT/<H>x<W>/out-%06d.tar` (same shard index and sample order as the input)
+H * 160 / 288), `OUT/<H>x<W>/<split>/out-%06d.tar` (same shard index and sample order as the input)
 holding image.png, mask.png, maskrcnn_mask.png, condition.png (image with the unknown region set
 to 127, then resized) and keypoints.npy copied byte for byte (its units stay the parent's and are
 recorded per shard), plus any other member except vertices.npy / E_mask.png. Each resolution gets
@@ -203,7 +203,8 @@ def _write_manifests(
     commit, written = _git_commit(), {}
     for size, _ in tasks[0].outputs:
         mine = sorted((r for r in results if r.size == size), key=lambda r: r.index)
-        shards = [{"path": Path(r.path).name, "samples": r.samples, "bytes": r.bytes,
+        shards = [{"path": f"{Path(r.path).parent.name}/{Path(r.path).name}",
+                   "samples": r.samples, "bytes": r.bytes,
                    "sha256": r.sha256, "keypoint_units": units[r.index]} for r in mine]  # fmt: skip
         data = {
             "format": "fdh-manifest", "version": 1, "split": split, "created": _now(),
@@ -221,6 +222,23 @@ def _write_manifests(
         written[size] = out_dir / f"{size[0]}x{size[1]}" / f"{split or 'data'}.json"
         write_json_atomic(written[size], data)
     return written
+
+
+def _check_parent(
+    source: Path, out_dir: Path, sizes: list[tuple[int, int]], split: str, overwrite: bool
+) -> None:
+    """Each split gets its own shard directory (OUT/<H>x<W>/<split>/); a rerun skips shards
+    already written, which is only right for the same parent manifest."""
+    sha = manifest_sha256(source)
+    for size in sizes:
+        existing = out_dir / f"{size[0]}x{size[1]}" / f"{split}.json"
+        if existing.is_file() and not overwrite:
+            parent = read_manifest(existing).provenance.get("parent") or {}
+            if parent.get("sha256") != sha:
+                raise ValueError(
+                    f"{existing} was prepared from another manifest ({parent.get('path')}); "
+                    "use another --out, or --overwrite to prepare it again"
+                )
 
 
 def _run_tasks(tasks: list[ShardTask], workers: int) -> Iterable[list[ShardResult]]:
@@ -249,12 +267,14 @@ def prepare(
         if size[0] > src_res[0] or src_res[0] % size[0] or src_res[1] % size[1]:
             raise ValueError(f"{size[0]}x{size[1]} does not divide the stored "
                              f"{src_res[0]}x{src_res[1]} of {source}")  # fmt: skip
+    split = manifest.split or "data"
+    _check_parent(source, out_dir, sizes, split, overwrite)
     tasks = [
         ShardTask(
             i,
             str(shard.path),
             shard.keypoint_units,
-            tuple((s, str(out_dir / f"{s[0]}x{s[1]}" / f"out-{i:06d}.tar")) for s in sizes),
+            tuple((s, str(out_dir / f"{s[0]}x{s[1]}" / split / f"out-{i:06d}.tar")) for s in sizes),
             overwrite,
         )  # fmt: skip
         for i, shard in enumerate(manifest.shards)

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from triagan_model.data.manifest import file_sha256
 from triagan_model.metrics.frechet import FeatureStats, fid_from_stats
 
 WEIGHTS_ENV = "TRIAGAN_WEIGHTS"
@@ -108,7 +109,10 @@ class FeatureExtractor:
         self.spec = get_extractor_spec(name)
         self.name = name
         self.device = torch.device(device)
-        self.net = _Frozen(self.spec.builder(resolve_weights(self.spec, weights_path)))
+        weights = resolve_weights(self.spec, weights_path)
+        # the real statistics' cache key: other weights must never reuse them
+        self.weights_sha256 = file_sha256(weights) if weights is not None else "none"
+        self.net = _Frozen(self.spec.builder(weights))
         self.net.to(self.device)
 
     @torch.no_grad()
@@ -180,9 +184,11 @@ def stats_cache_path(
     extractor: str,
     resolution: tuple[int, int],
     max_samples: int | None,
+    weights_sha: str = "none",
 ) -> Path:
     count = "all" if max_samples is None else str(max_samples)
-    name = f"{manifest_sha[:16]}-{extractor}-{resolution[0]}x{resolution[1]}-{count}.npz"
+    name = (f"{manifest_sha[:16]}-{extractor}-{weights_sha[:12]}-{resolution[0]}x{resolution[1]}"
+            f"-{count}.npz")  # fmt: skip
     return Path(cache_dir) / name
 
 
@@ -266,7 +272,8 @@ def evaluate_fid(
     sha = manifest_sha256(manifest_path)
     cache = {}
     if cache_dir is not None:
-        cache = {ex.name: stats_cache_path(cache_dir, sha, ex.name, resolution, max_samples)
+        cache = {ex.name: stats_cache_path(cache_dir, sha, ex.name, resolution, max_samples,
+                                           ex.weights_sha256)
                  for ex in extractors}  # fmt: skip
     real = {ex.name: _load_cached(cache[ex.name], sha, ex.name) if cache else None
             for ex in extractors}  # fmt: skip

@@ -121,26 +121,27 @@ def mean_oks(
     detections: dict[int, np.ndarray],
     areas: dict[str, float] | None = None,
 ) -> tuple[float, int]:
-    """Mean OKS over keys with a detection. conditioning: {key: (17,3) NORMALISED} (as in the
-    shards); detections: read_coco_results output; areas: per-key area (default: the crop).
+    """Mean OKS over the conditioning's keys. conditioning: {key: (17,3) NORMALISED} (as in
+    the shards); detections: read_coco_results output; areas: per-key area (default: the crop).
 
     Only keypoints the generator saw count as ground truth (`conditioning_visible`); a sample
-    with none is left out, as COCOeval ignores a ground truth without keypoints.
+    with none is left out, as COCOeval ignores a ground truth without keypoints. A sample the
+    estimator found no person in scores 0 (one generated image per real one: a miss is a miss).
     Returns (mean, number of samples scored)."""
-    keys = [k for k in conditioning if int(k) in detections]
+    keys = list(conditioning)
     if not keys:
         return float("nan"), 0
     norm = np.stack([conditioning[k] for k in keys]).astype(np.float64)
     visible = conditioning_visible(norm)
     norm[..., 2] = np.where(visible, np.maximum(norm[..., 2], 1.0), 0.0)
-    scored = visible.any(axis=1)
-    if not scored.any():
+    scored = [i for i, k in enumerate(keys) if visible[i].any()]
+    found = [i for i in scored if int(keys[i]) in detections]
+    if not scored:
         return float("nan"), 0
-    gt = normalized_to_pixels(norm[scored])
-    dt = np.stack([detections[int(k)] for k, s in zip(keys, scored, strict=True) if s])
-    area = (
-        CROP_AREA
-        if areas is None
-        else np.array([areas[k] for k, s in zip(keys, scored, strict=True) if s])
-    )
-    return float(oks(gt, dt, area).mean()), int(scored.sum())
+    total = 0.0
+    if found:
+        gt = normalized_to_pixels(norm[found])
+        dt = np.stack([detections[int(keys[i])] for i in found])
+        area = CROP_AREA if areas is None else np.array([areas[keys[i]] for i in found])
+        total = float(oks(gt, dt, area).sum())
+    return total / len(scored), len(scored)
