@@ -260,3 +260,29 @@ def test_vitpose_mmpose_without_mmpose_names_the_requirements(tmp_path):
         build_estimator("vitpose-mmpose", checkpoint=weights)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_estimator("vitpose-mmpose", checkpoint=tmp_path / "nope.pth")
+
+
+def test_batch_failures_and_non_finite_estimates_stay_per_sample(tiny_vitpose):
+    """A model error on a batch (e.g. out of memory) retries its samples one by one; a NaN
+    estimate (fp16/bf16 overflow) is that sample's failure, not a broken predictions file."""
+    from fdhclean.estimators import estimate_samples
+
+    path, _ = tiny_vitpose
+    est = _build(path, flip_test=False, batch_size=len(BOXES))
+    real = est.predict_heatmaps
+
+    def out_of_memory_for_batches(batch):
+        if len(batch) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(batch)
+
+    images = _images(len(BOXES))
+    samples = [(str(i), images[i], BOXES[i]) for i in range(len(BOXES))]
+    est.predict_heatmaps = out_of_memory_for_batches
+    one_by_one = dict(estimate_samples(est, samples, batch_size=len(BOXES), progress=False))
+    est.predict_heatmaps = real
+    batched = dict(estimate_samples(est, samples, batch_size=len(BOXES), progress=False))
+    for key, kp in batched.items():
+        np.testing.assert_allclose(one_by_one[key], kp, atol=1e-3)
+    est.predict_heatmaps = lambda batch: np.full((len(batch), 17, 64, 48), np.nan, np.float32)
+    assert all(kp is None for _, kp in estimate_samples(est, samples, progress=False))

@@ -74,15 +74,35 @@ def _pipelined(estimator, batches, pool: Executor, depth: int) -> Iterator[list[
         nxt = next(batches, None)
         if nxt is not None:
             prepared.append(pool.submit(_prepare, estimator.preprocess, nxt))
-        ok = [x is not None for x in inputs]
-        good = [x for x in inputs if x is not None]
-        heatmaps = estimator.predict_heatmaps(np.stack(good)) if good else np.zeros((0,))
-        good_metas = np.array([m for m in metas if m is not None]).reshape(-1, 4)
+        heatmaps, ok = _predict(estimator, inputs)
+        good_metas = np.array([m for m, good in zip(metas, ok, strict=True) if good]).reshape(-1, 4)
         decoded.append(pool.submit(_decode, estimator.decode, keys, heatmaps, good_metas, ok))
         while len(decoded) > depth or (decoded and decoded[0].done()):
             yield decoded.popleft().result()
     while decoded:
         yield decoded.popleft().result()
+
+
+def _predict(estimator, inputs: list) -> tuple[np.ndarray, list[bool]]:
+    """Heatmaps of the prepared inputs, and which inputs have one. If the model fails on the
+    batch (e.g. out of memory), each input is tried alone, so only the inputs it really fails
+    on are lost (reported as no-estimate) and the run goes on."""
+    ok = [x is not None for x in inputs]
+    good = [x for x in inputs if x is not None]
+    if not good:
+        return np.zeros((0,)), ok
+    try:
+        return estimator.predict_heatmaps(np.stack(good)), ok
+    except (RuntimeError, ValueError):
+        maps = []
+        for i, x in enumerate(inputs):
+            if x is None:
+                continue
+            try:
+                maps.append(estimator.predict_heatmaps(x[None])[0])
+            except (RuntimeError, ValueError):
+                ok[i] = False
+        return (np.stack(maps) if maps else np.zeros((0,))), ok
 
 
 def _decoded(batch: list[Sample]) -> list[Sample | None]:
@@ -154,7 +174,8 @@ def estimate_samples(
     try:
         for results in stream:
             bar.update(len(results))
-            yield from results
+            for key, kp in results:  # a non-finite estimate (fp16/bf16 overflow) is a failure
+                yield key, kp if kp is not None and np.isfinite(kp).all() else None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()

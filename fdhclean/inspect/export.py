@@ -58,7 +58,9 @@ def chosen_from_report(split: Path) -> Chosen:
     orig = keypoint_array(table.column("orig_keypoints"))
     new = keypoint_array(table.column("new_keypoints"))
     chosen = chosen_keypoints(orig, new, bool_column(table, "updated"), new_min_score)
-    readable = ~np.isnan(orig).all(axis=(1, 2))
+    # left out: only rows whose keypoints.npy could not be read at all (null in the report);
+    # all-NaN originals (bad-keypoints) are exported as not visible
+    readable = ~table.column("orig_keypoints").is_null().to_numpy(zero_copy_only=False)
     bad = ~np.isfinite(chosen).all(axis=2)
     chosen[bad] = 0.0
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)

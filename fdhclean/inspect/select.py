@@ -28,11 +28,13 @@ def select_rows(
     frame = read_report(split, SCALAR_COLUMNS).to_pandas()
     for name in ("status", "box_source", "keypoint_units"):
         frame[name] = frame[name].astype(str)
-    if keys:
-        missing = sorted(set(keys) - set(frame["key"]))
+    if keys:  # matched as integers (COCO image ids), so "0561566632" finds "561566632"
+        wanted = {_canonical(k): k for k in keys}
+        present = frame["key"].map(_canonical)
+        missing = sorted(k for c, k in wanted.items() if c not in set(present))
         if missing:
             raise KeyError(f"keys not in {split / 'report'}: {', '.join(missing[:10])}")
-        frame = frame[frame["key"].isin(set(keys))]
+        frame = frame[present.isin(set(wanted))]
     if where:
         try:
             frame = frame.query(where, engine="python")
@@ -93,3 +95,10 @@ def load_samples(split: Path, rows: list[dict[str, Any]], table: PartTable) -> d
             if not keys:
                 break  # the rest of the shard holds nothing wanted
     return out
+
+
+def _canonical(key: str) -> str:
+    try:
+        return str(int(key))
+    except ValueError:
+        return str(key)

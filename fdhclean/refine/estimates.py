@@ -141,6 +141,9 @@ class ModelSource:
             "checkpoint": str(self.settings.checkpoint),
             "weights_sha256": self.estimator.weights_sha256,
             "flip_test": self.settings.flip_test,
+            # how the numbers were made: autocast dtype (bf16 on a GPU) and heatmap decoding
+            "autocast_dtype": str(getattr(self.estimator, "autocast_dtype", None)),
+            "decoding_blur": getattr(self.estimator, "blur", None),
         }
 
     def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str]]:

@@ -76,15 +76,19 @@ REQUIRED_MEMBERS = (
 def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     """Decode the members the vote needs; any failure becomes a `bad-member` status."""
     sample = Sample(raw=raw)
+    try:  # the original annotation first: the report keeps it even when another member fails
+        keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
+        if keypoints.size != NUM_KEYPOINTS * 3:
+            raise ValueError(f"keypoints.npy has shape {keypoints.shape}, expected (17, 3)")
+        sample.keypoints = keypoints
+    except (KeyError, ValueError) as exc:
+        sample.fail(STATUS_BAD_MEMBER, _message(exc))
+        return sample
     missing = [name for name in REQUIRED_MEMBERS if raw.find(name) is None]
     if missing:
         sample.fail(STATUS_BAD_MEMBER, f"missing member(s): {', '.join(missing)}")
         return sample
     try:
-        keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
-        if keypoints.size != NUM_KEYPOINTS * 3:
-            raise ValueError(f"keypoints.npy has shape {keypoints.shape}, expected (17, 3)")
-        sample.keypoints = keypoints
         emask = decode_mask(raw.get(MEMBER_EMASK))
         vertices = decode_vertices(raw.get(MEMBER_VERTICES))
         _check_vertex_ids(vertices, emask, num_vertices)
