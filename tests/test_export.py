@@ -145,3 +145,14 @@ def test_compare_finds_planted_disagreements(run, dp2, tmp_path):
     summary = json.loads((run / "compare_summary.json").read_text())
     assert summary["missing"] == 1 and summary["compared"] == len(report) - 1
     assert summary["agree"] == len(report) - 5
+
+
+def test_closer_to_labels():
+    from fdhclean.inspect.compare import closer_to
+
+    nan = np.nan
+    d_orig = np.array([nan, 1.0, nan, 2.0, 5.0, 1.0])
+    d_est = np.array([nan, nan, 3.0, 2.2, 1.0, 9.0])
+    present = np.array([True, True, True, True, True, False])
+    labels = closer_to(d_orig, d_est, present, tie_px=0.5).tolist()
+    assert labels == ["no-visible", "original", "estimate", "both", "estimate", "missing"]

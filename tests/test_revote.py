@@ -100,3 +100,18 @@ def test_errors_stay_and_thresholds_apply(run, tmp_path):
 def test_refuses_to_write_into_its_input(run, capsys):
     assert revote(run, run.parent) == 2
     assert "revoted" in capsys.readouterr().out
+
+
+def test_a_rules_file_that_changed_is_refused_unless_given(synth_root, tmp_path):
+    from fdhclean.rules import DEFAULT_RULES
+
+    rules = tmp_path / "rules.toml"
+    table = {k: list(v) for k, v in DEFAULT_RULES.accepted.items()}
+    rules.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    split = refine_val(synth_root, tmp_path / "run", "--rules", str(rules))
+    table["nose"] = ["head", "neck"]  # the file changes after the run
+    rules.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    assert revote(split, tmp_path / "inherited") == 2  # the run's rules are no longer there
+    assert revote(split, tmp_path / "given", "--rules", str(rules)) == 0  # used as it is now
+    given = Manifest.read(tmp_path / "given" / "val" / "manifest.json").provenance
+    assert given["rules"]["nose"] == ["head", "neck"]

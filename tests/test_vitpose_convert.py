@@ -170,6 +170,9 @@ def test_moe_expert_is_appended_to_fc2(tmp_path):
     b = "backbone.blocks.1.mlp."
     torch.testing.assert_close(fc2.weight[C - part :], sd[b + "experts.1.weight"])
     torch.testing.assert_close(fc2.bias[: C - part], sd[b + "fc2.bias"])
+    with pytest.raises(ValueError, match="has no backbone.blocks.0.mlp.experts.5"):
+        convert_vitpose(tmp_path / "plus.pth", tmp_path / "hf5", num_attention_heads=HEADS,
+                        expert=5)  # fmt: skip
 
 
 def test_conversion_errors(tmp_path):

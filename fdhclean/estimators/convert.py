@@ -128,6 +128,8 @@ def _convert_keys(sd: dict, layout: str, hidden: int, expert: int) -> tuple[dict
                 ex = f"backbone.blocks.{i}.mlp.experts.{expert}.{rest[len('mlp.fc2.') :]}"
                 if ex in sd:
                     value = torch.cat([value, sd[ex]], dim=0)
+                elif f"backbone.blocks.{i}.mlp.experts.0.{rest[len('mlp.fc2.') :]}" in sd:
+                    raise ValueError(f"--expert {expert}: the checkpoint has no {ex}")
         elif key.startswith(prefix):
             new = "head." + h if (h := _head_key(key[len(prefix) :])) else None
         elif key.startswith(("backbone.patch_embed.proj.", "backbone.patch_embed.projection.")):

@@ -60,11 +60,17 @@ def _mean_distance(a: np.ndarray, b: np.ndarray, use: np.ndarray) -> np.ndarray:
 
 
 def closer_to(d_orig: np.ndarray, d_est: np.ndarray, present: np.ndarray, tie_px: float):
-    """ "original" / "estimate" / "both" / "missing" per sample from the two mean distances."""
+    """Per sample: "original" / "estimate" (the closer one), "both" (within `tie_px`),
+    "no-visible" (no distance to either: the authors mark nothing visible, or we have neither
+    annotation) or "missing" (not in the authors' file). A side without a distance (e.g. no
+    estimate for an error row) loses to the side with one."""
+    orig_ok, est_ok = np.isfinite(d_orig), np.isfinite(d_est)
     with np.errstate(invalid="ignore"):
-        both = np.isnan(d_orig) | (np.abs(d_orig - d_est) <= tie_px) | (d_orig == d_est)
-        result = np.where(d_orig < d_est, "original", "estimate").astype(object)
-    result[both] = "both"
+        tie = orig_ok & est_ok & ((np.abs(d_orig - d_est) <= tie_px) | (d_orig == d_est))
+        original = orig_ok & (~est_ok | (d_orig < d_est))
+    result = np.where(original, "original", "estimate").astype(object)
+    result[tie] = "both"
+    result[~orig_ok & ~est_ok] = "no-visible"
     result[~present] = "missing"
     return result
 
@@ -90,7 +96,8 @@ def compare_split(split: Path, authors_path: Path, tie_px: float = TIE_PX):
     d_est = _mean_distance(theirs, new, their_visible)
     closer = closer_to(d_orig, d_est, present, tie_px)
     ours_label = np.where(updated, "estimate", "original").astype(object)
-    agree = present & ((closer == ours_label) | (closer == "both"))
+    decidable = present & (closer != "no-visible")
+    agree = decidable & ((closer == ours_label) | (closer == "both"))
     visible_both = their_visible & (np.nan_to_num(ours[..., 2], nan=0.0) > 0)
     distance = _mean_distance(theirs, ours, visible_both)
     frame = pd.DataFrame(
@@ -104,12 +111,15 @@ def compare_split(split: Path, authors_path: Path, tie_px: float = TIE_PX):
             "authors_to_estimate_px": d_est,
         }
     )
-    summary = _summary(frame, present, updated, len(set(authors) - set(keys)), tie_px)
+    summary = _summary(frame, decidable, updated, len(set(authors) - set(keys)), tie_px)
+    summary["missing"] = int((~present).sum())
+    summary["no_visible"] = int((present & ~decidable).sum())
     summary.update(split=split.name, authors_file=str(authors_path))
     return frame, summary
 
 
 def _summary(frame, present, updated, extra: int, tie_px: float) -> dict[str, Any]:
+    """`present`: the samples that can be compared (in the authors' file, with a distance)."""
     compared = int(present.sum())
     sub = frame[present]
     distance = sub["distance_px"].to_numpy(dtype=np.float64)

@@ -44,9 +44,10 @@ def revote_settings(
     previous = record["settings"]
     table_path = Path(previous["part_table"])
     run_part_table(parent)  # fails clearly when it is gone or changed
-    if rules is None and previous.get("rules"):
+    inherited = rules is None  # a --rules FILE given now is used as it is now
+    if inherited and previous.get("rules"):
         rules = Path(previous["rules"])
-    if rules is None or Path(rules) == Path(previous.get("rules") or ""):
+    if inherited:
         table = load_rules(rules) if rules else DEFAULT_RULES
         expected = record["provenance"].get("rules_sha256")
         if expected and table.sha256 != expected:
