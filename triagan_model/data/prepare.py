@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from triagan_model.data.manifest import (
     write_json_atomic,
 )
 from triagan_model.data.transforms import decode_sample, masked_condition, resize_sample
+from triagan_model.provenance import git_commit, utc_now
 
 _IMAGE_MEMBERS = (MEMBER_IMAGE, MEMBER_MASK, MEMBER_MASKRCNN, MEMBER_CONDITION)
 _PNG_LEVEL = 6
@@ -169,25 +168,12 @@ def prepare_shard(task: ShardTask) -> list[ShardResult]:
     return results
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 @dataclass(frozen=True)
 class PrepareSummary:
     manifests: dict[tuple[int, int], Path]
     shards: int
     samples: int
     skipped_shards: int
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write_manifests(
@@ -200,14 +186,14 @@ def _write_manifests(
 ) -> dict[tuple[int, int], Path]:
     parent = {"path": str(source.resolve()), "sha256": manifest_sha256(source)}
     units = {t.index: t.keypoint_units for t in tasks}
-    commit, written = _git_commit(), {}
+    commit, written = git_commit(), {}
     for size, _ in tasks[0].outputs:
         mine = sorted((r for r in results if r.size == size), key=lambda r: r.index)
         shards = [{"path": f"{Path(r.path).parent.name}/{Path(r.path).name}",
                    "samples": r.samples, "bytes": r.bytes,
                    "sha256": r.sha256, "keypoint_units": units[r.index]} for r in mine]  # fmt: skip
         data = {
-            "format": "fdh-manifest", "version": 1, "split": split, "created": _now(),
+            "format": "fdh-manifest", "version": 1, "split": split, "created": utc_now(),
             "root": None, "shards": shards,
             "totals": {"samples": sum(r.samples for r in mine),
                        "bytes": sum(r.bytes for r in mine)},

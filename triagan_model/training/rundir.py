@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from triagan_model import __version__
 from triagan_model.configs import CONFIGS, StageConfig, TrainConfig
+from triagan_model.provenance import git_commit, utc_now
 from triagan_model.toml_io import dumps_config
 from triagan_model.training.options import TrainOptions, write_json
 
@@ -32,15 +31,6 @@ DONE_FILE = "stage-complete.json"
 
 class RunDirError(ValueError):
     """The run directory belongs to another config or manifest."""
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10, check=False)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def resolved_toml(cfg: TrainConfig) -> str:
@@ -80,14 +70,14 @@ def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str,
     doc = {
         "format": "triagan-run",
         "version": 1,
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_now(),
         "config": opts.config.name,
         "tiny": opts.config.tiny,
         "manifest": {"path": str(Path(opts.manifest).resolve()), "sha256": manifest_sha},
         "options": opts.to_json(),
         "world_size": world_size,
         "package_version": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     _write_text(run / "config.toml", toml)
     write_json(existing, doc)
