@@ -12,6 +12,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Facts computed by the reference implementations (DeepPrivacy2, official ViTPose) lie in
+# shared/data beside the checkout (CI clones elsewhere and lays shared/ beside the clone);
+# $TRIAGAN_SHARED_DATA overrides. They are never copied into the repository.
+SHARED_DATA = Path(
+    os.environ.get("TRIAGAN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def shared_vectors(name: str):
+    """Load `shared/data/<name>.npz` (no pickles); fail with the path when it is missing, since
+    the reference-exactness tests must run wherever the suite runs (CI has shared/)."""
+    import numpy as np
+
+    path = SHARED_DATA / f"{name}.npz"
+    if not path.exists():
+        hint = "lay shared/ beside the checkout, or set $TRIAGAN_SHARED_DATA"
+        pytest.fail(f"{path} is missing: {hint}")
+    return np.load(path, allow_pickle=False)
+
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip themselves where there is no CUDA device."""
