@@ -41,16 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
 
     from fdhclean.estimators import build_estimator
     from triagan_model import evaluation
     from triagan_model.data.manifest import manifest_sha256
+    from triagan_model.devices import resolve_device
     from triagan_model.weights import load_generator, read_weights_dir
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     G = load_generator(args.weights, device)
     estimator = build_estimator("vitpose-hf", checkpoint=args.vitpose,
                                 checkpoint_sha256=args.vitpose_sha256, device=device,

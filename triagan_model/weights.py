@@ -14,13 +14,12 @@ lowest resolution up) and only its new top level stays freshly initialised.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from triagan_model.atomic import atomic_path, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -40,27 +39,6 @@ class LoadReport:
     new: list[str] = field(default_factory=list)  # in the module, absent from the state
     mismatched: list[str] = field(default_factory=list)  # same name, other shape: left new
     unexpected: list[str] = field(default_factory=list)  # in the state, absent from the module
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def generator_config_from_dict(d: dict[str, Any]) -> GeneratorConfig:
@@ -84,7 +62,8 @@ def save_state(
 
     out = Path(out_dir)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT})
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -92,11 +71,7 @@ def save_state(
         "weights_sha256": sha256_file(out / WEIGHTS_FILE),
         **meta,
     }
-
-    def write_json(p: str) -> None:
-        Path(p).write_text(json.dumps(doc, indent=2) + "\n")
-
-    _atomic_write(out / CONFIG_FILE, write_json)
+    atomic_write_json(out / CONFIG_FILE, doc)
     return out
 
 

@@ -28,11 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from triagan_model.devices import resolve_device
     from triagan_model.sampling.truncation import kmeans, save_centres
     from triagan_model.weights import load_generator, sha256_file
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                        else "cpu")  # fmt: skip
+    device = resolve_device(args.device)
     try:
         G = load_generator(args.weights, device)
         if not 0 < args.num_centres <= args.num_samples:

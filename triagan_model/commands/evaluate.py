@@ -59,10 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from triagan_model import evaluation as E
     from triagan_model.data.manifest import manifest_sha256
+    from triagan_model.devices import resolve_device
     from triagan_model.weights import load_generator, read_weights_dir
 
     try:
@@ -73,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exn:
         print(f"triagan evaluate: error: {exn}", file=sys.stderr)
         return 2
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                        else "cpu")  # fmt: skip
+    device = resolve_device(args.device)
     cache = args.cache_dir or str(Path.home() / ".cache" / "triagan" / "fid-stats")
     try:
         G = load_generator(args.weights, device)

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print("triagan generate: error: give --manifest, or all of --image/--mask/--keypoints",
               file=sys.stderr)  # fmt: skip
         return 2
-    import torch
 
+    from triagan_model.devices import resolve_device
     from triagan_model.sampling.generate import (
         Truncation,
         manifest_batches,
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from triagan_model.sampling.truncation import load_centres
     from triagan_model.weights import load_generator
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                        else "cpu")  # fmt: skip
+    device = resolve_device(args.device)
     try:
         G = load_generator(args.weights, device)
         centres = load_centres(args.clusters)[0] if args.clusters else None

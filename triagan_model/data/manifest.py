@@ -6,19 +6,17 @@ training side's own implementation of the schema; `fdhclean` has its own and nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from triagan_model.atomic import atomic_write_json, sha256_file
 from triagan_model.data.fdh import KEYPOINT_UNITS
 
 MANIFEST_FORMAT = "fdh-manifest"
 KNOWN_VERSIONS = (1,)
-_HASH_CHUNK = 1 << 20
 
 
 class ManifestError(ValueError):
@@ -62,13 +60,8 @@ class Manifest:
         return int(res[0]), int(res[1])
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The package's one hash helper, under the name the data modules have always used.
+file_sha256 = sha256_file
 
 
 def manifest_sha256(path: str | os.PathLike) -> str:
@@ -169,15 +162,4 @@ def verify_shards(manifest: Manifest) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON under a temporary name in the same directory, then rename (style.md)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data)

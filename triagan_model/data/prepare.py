@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from triagan_model import __version__
+from triagan_model.atomic import atomic_open
 from triagan_model.data.fdh import (
     CONDITION_FILL_U8,
     IMAGE_H,
@@ -66,9 +66,9 @@ class DeterministicTarWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self._file = os.fdopen(fd, "wb")
+        # atomic_open renames the temporary file into place on a clean exit, removes it otherwise
+        self._stack = ExitStack()
+        self._file = self._stack.enter_context(atomic_open(self.path, "wb"))
         # The writer owns the tar for its lifetime; __exit__ closes it (hence no `with`).
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
 
@@ -83,13 +83,12 @@ class DeterministicTarWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._tar.close()
-        self._file.close()
-        if exc_type is None:
-            os.chmod(self._tmp, 0o644)  # mkstemp creates 0600
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
+        try:
+            self._tar.close()
+        except BaseException as closing:  # a tar that did not close is not renamed into place
+            self._stack.__exit__(type(closing), closing, closing.__traceback__)
+            raise
+        self._stack.__exit__(exc_type, exc, tb)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

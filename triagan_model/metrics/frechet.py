@@ -9,11 +9,12 @@ covariances; a complex result with a non-negligible imaginary part is an error, 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.linalg
+
+from triagan_model.atomic import atomic_path
 
 
 def frechet_distance(
@@ -94,16 +95,9 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike, **meta: str) -> None:
         """Write mean, M2, count and string metadata to .npz atomically (temp name + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        try:
+        with atomic_path(path) as tmp:
             np.savez(tmp, mean=self.mean, m2=self._m2, count=np.int64(self.count),
                      **{f"meta_{k}": np.str_(v) for k, v in meta.items()})  # fmt: skip
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple[FeatureStats, dict[str, str]]:

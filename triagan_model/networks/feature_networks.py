@@ -13,7 +13,6 @@ Input sizes (triagan-spec "Discriminator"): convolutional networks see the image
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from triagan_model.atomic import sha256_file
 
 WEIGHTS_ENV = "TRIAGAN_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("~/.cache/triagan/weights")
@@ -248,12 +249,9 @@ def resolve_weights(spec: FeatureNetSpec, directory: Path | None = None) -> Path
             "pretrained=False for RANDOM weights (not the paper's discriminator)."
         )
     if spec.sha256:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != spec.sha256:
-            raise ValueError(f"{path}: sha256 {h.hexdigest()} is not the expected {spec.sha256}")
+        digest = sha256_file(path)
+        if digest != spec.sha256:
+            raise ValueError(f"{path}: sha256 {digest} is not the expected {spec.sha256}")
     return path
 
 

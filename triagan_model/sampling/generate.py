@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from triagan_model.atomic import atomic_write_bytes
 from triagan_model.networks.conditioning import build_condition
 from triagan_model.sampling.truncation import truncate, truncate_to_centres
 
@@ -146,9 +147,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def write_outputs(

@@ -99,12 +99,12 @@ def save_centres(path: str | os.PathLike, centres: torch.Tensor, **meta) -> Path
     """Centres as safetensors (tensor ``centres``) with JSON metadata (weights hash, K, N)."""
     from safetensors.torch import save_file
 
+    from triagan_model.atomic import atomic_path
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     info = {"format": CENTRES_FORMAT, "meta": json.dumps(meta, default=str)}
-    save_file({"centres": centres.detach().float().cpu().contiguous()}, str(tmp), metadata=info)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({"centres": centres.detach().float().cpu().contiguous()}, tmp, metadata=info)
     return out
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from triagan_model.atomic import atomic_path
 
 FORMAT = "triagan-training-state"
 VERSION = 1
@@ -73,14 +74,8 @@ def save(directory: str | os.PathLike, nimg: int, state: dict[str, Any], keep: i
     meta = {"format": FORMAT, "version": str(VERSION), "skeleton": json.dumps(skeleton)}
     out = state_path(directory, nimg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     for old in list_states(directory)[keep:]:
         old.unlink(missing_ok=True)
     return out

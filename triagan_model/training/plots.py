@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from triagan_model.atomic import atomic_path
+
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """(B,3,H,W) in [-1, 1] -> (B,H,W,3) uint8."""
@@ -20,10 +22,8 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 def _atomic_save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp)
 
 
 def grid_rows(columns: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
@@ -71,8 +71,9 @@ def save_loss_plot(records: list[dict[str, Any]], path: str | os.PathLike, title
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out

@@ -15,11 +15,11 @@ A rerun with the same run directory must use the same config and the same manife
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from triagan_model import __version__
+from triagan_model.atomic import atomic_write_text
 from triagan_model.configs import CONFIGS, StageConfig, TrainConfig
 from triagan_model.provenance import git_commit, utc_now
 from triagan_model.toml_io import dumps_config
@@ -79,7 +79,7 @@ def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str,
         "package_version": __version__,
         "git_commit": git_commit(),
     }
-    _write_text(run / "config.toml", toml)
+    atomic_write_text(run / "config.toml", toml)
     write_json(existing, doc)
     return doc
 
@@ -87,7 +87,7 @@ def prepare(opts: TrainOptions, manifest_sha: str, world_size: int) -> dict[str,
 def write_stage_files(opts: TrainOptions, stage: StageConfig, index: int, extra: dict) -> None:
     d = stage_dir(opts, stage)
     d.mkdir(parents=True, exist_ok=True)
-    _write_text(d / "config.toml", resolved_toml(opts.config))
+    atomic_write_text(d / "config.toml", resolved_toml(opts.config))
     write_json(d / "stage.json", {"stage": stage.name, "index": index, "batch": stage.batch,
                                   "kimg": stage.kimg, **extra})  # fmt: skip
 
@@ -110,12 +110,6 @@ def check_resume(opts: TrainOptions, stage: StageConfig, batch_plan: dict[str, A
 
 def mark_done(opts: TrainOptions, stage: StageConfig, doc: dict[str, Any]) -> None:
     write_json(stage_dir(opts, stage) / DONE_FILE, doc)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def stage_manifest(opts: TrainOptions, stage: StageConfig, manifest_sha: str) -> str:

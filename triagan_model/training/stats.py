@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from triagan_model.atomic import atomic_write_text
+
 
 class Collector:
     """Running sums of named scalars within one tick."""
@@ -61,6 +63,4 @@ def truncate_after(path: str | os.PathLike, nimg: int) -> None:
     if not p.is_file():
         return
     keep = [r for r in read_jsonl(p) if int(r.get("nimg", 0)) <= nimg]
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-    os.replace(tmp, p)
+    atomic_write_text(p, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
