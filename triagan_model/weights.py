@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,8 +81,44 @@ def save_generator(generator: TriaGANGenerator, out_dir: str | Path, **meta: Any
     return save_state(generator.state_dict(), generator.cfg, out_dir, **meta)
 
 
+class WeightsError(ValueError):
+    """A weights directory that cannot be used as it is; the message names the file and the fix
+    (the commands exit 2 on it: the user's input, not the program, is wrong)."""
+
+
+def _read_doc(cfg_path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise WeightsError(f"{cfg_path}: not valid UTF-8 JSON ({exn})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else type(doc)
+        raise WeightsError(f"{cfg_path}: format/version {got} is not {FORMAT!r} v{VERSION}")
+    return doc
+
+
+def _check_sha256(doc: dict[str, Any], cfg_path: Path, w_path: Path) -> None:
+    """The hash is required: safetensors has no checksum of its own, so without it a flipped
+    byte would silently give other images."""
+    expected = doc.get("weights_sha256")
+    if not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{64}", expected)):
+        raise WeightsError(
+            f"{cfg_path} has no valid weights_sha256, so {w_path.name} cannot be checked; "
+            "export the weights again (`triagan train`, `triagan import-dp2`), or, if you trust "
+            f"the file, record its sha256 (`sha256sum {w_path}`) as weights_sha256"
+        )
+    actual = sha256_file(w_path)
+    if actual != expected:
+        raise WeightsError(
+            f"{w_path}: sha256 {actual[:16]}... is not the {expected[:16]}... recorded in "
+            f"{cfg_path} (a corrupt or replaced file); restore both files from the run directory"
+        )
+
+
 def read_weights_dir(path: str | Path, verify: bool = True):
-    """(GeneratorConfig, state dict, JSON document) of a weights directory."""
+    """(GeneratorConfig, state dict, JSON document) of a weights directory; with `verify`
+    (the default) the weights must match the sha256 that generator.json records."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(path)
@@ -89,23 +126,48 @@ def read_weights_dir(path: str | Path, verify: bool = True):
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: not a triagan generator weights directory")
-    doc = json.loads(cfg_path.read_text())
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ValueError(
-            f"{cfg_path}: format {doc.get('format')!r} v{doc.get('version')} is not "
-            f"{FORMAT!r} v{VERSION}"
-        )
-    if verify and doc.get("weights_sha256") and sha256_file(w_path) != doc["weights_sha256"]:
-        raise ValueError(f"{w_path}: sha256 differs from {cfg_path} (corrupt or replaced file)")
-    return generator_config_from_dict(doc["generator"]), load_file(str(w_path)), doc
+    doc = _read_doc(cfg_path)
+    if verify:
+        _check_sha256(doc, cfg_path, w_path)
+    try:
+        cfg = generator_config_from_dict(doc["generator"])
+    except (KeyError, TypeError, ValueError) as exn:
+        raise WeightsError(f"{cfg_path}: 'generator' is not a generator config ({exn!r})") from None
+    try:
+        state = load_file(str(w_path))
+    except (SafetensorError, OSError) as exn:
+        raise WeightsError(f"{w_path}: not a readable safetensors file ({exn})") from None
+    return cfg, state, doc
+
+
+def _shape_mismatches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    own = module.state_dict()
+    bad = [f"{k} missing from the file" for k in own if k not in state]
+    bad += [f"{k} in the file, not in the config's network" for k in state if k not in own]
+    bad += [f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} for the config"
+            for k, v in own.items() if k in state and state[k].shape != v.shape]  # fmt: skip
+    return bad
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> TriaGANGenerator:
-    """Build the generator described in ``path/generator.json`` and load its weights (strict)."""
+    """Build the generator described in ``path/generator.json`` and load its weights (strict).
+    A config that does not describe the tensors (an edited dimension) is a WeightsError that
+    names both files, not a RuntimeError from deep inside torch."""
     from triagan_model.networks.generator import TriaGANGenerator
 
     cfg, state, _ = read_weights_dir(path)
-    g = TriaGANGenerator(cfg)
+    cfg_path = Path(path) / CONFIG_FILE
+    try:
+        g = TriaGANGenerator(cfg)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exn:
+        raise WeightsError(f"{cfg_path}: cannot build a generator from it ({exn!r})") from None
+    bad = _shape_mismatches(g, state)
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise WeightsError(
+            f"{cfg_path} does not describe {Path(path) / WEIGHTS_FILE}: {'; '.join(bad[:3])}"
+            f"{more}; was generator.json edited or copied from other weights?"
+        )
     g.load_state_dict(state, strict=True)
     return g.to(device).eval()
 

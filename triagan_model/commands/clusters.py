@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from triagan_model.devices import resolve_device
     from triagan_model.sampling.truncation import kmeans, save_centres
-    from triagan_model.weights import load_generator, sha256_file
+    from triagan_model.weights import WeightsError, load_generator, sha256_file
 
     device = resolve_device(args.device)
     try:
@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         meta = {"weights": str(args.weights), "num_samples": args.num_samples, "seed": args.seed,
                 "weights_sha256": sha256_file(f"{args.weights}/generator.safetensors")}  # fmt: skip
         out = save_centres(args.out, centres, num_centres=args.num_centres, **meta)
+    except WeightsError as exn:  # the user's weights directory: exit 2, naming the file
+        print(f"triagan clusters: error: {exn}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exn:
         print(f"triagan clusters: error: {exn}", file=sys.stderr)
         return 1

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         write_outputs,
     )
     from triagan_model.sampling.truncation import load_centres
-    from triagan_model.weights import load_generator
+    from triagan_model.weights import WeightsError, load_generator
 
     device = resolve_device(args.device)
     try:
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
                 "clusters": args.clusters}  # fmt: skip
         index = write_outputs(batches, G, args.out, trunc=Truncation(args.truncation, centres),
                               seed=args.seed, meta=meta)  # fmt: skip
+    except WeightsError as exn:  # the user's weights directory: exit 2, naming the file
+        print(f"triagan generate: error: {exn}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, KeyError) as exn:
         print(f"triagan generate: error: {exn}", file=sys.stderr)
         return 1

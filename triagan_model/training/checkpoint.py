@@ -4,8 +4,9 @@ A state is a nested structure of dicts/lists/tuples/scalars/tensors/numpy arrays
 optimiser state dicts, RNG states, progress counters). ``encode`` moves every tensor into a flat
 name -> tensor table and keeps a JSON skeleton of the rest; the skeleton goes into the
 safetensors header metadata. Files are ``DIR/state-<nimg, 12 digits>.safetensors`` written under
-a temporary name and renamed, so a file that exists is complete; ``load_latest`` takes the one
-with the most images that reads back. Inference weights are separate (``triagan_model.weights``).
+a temporary name and renamed, so a file that exists is complete; then its size and sha256 go
+into ``state-<nimg>.safetensors.sha256``. ``load_latest`` takes the one with the most images
+that matches its record and reads back. Inference weights are separate (``triagan_model.weights``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from triagan_model.atomic import atomic_path
+from triagan_model.atomic import atomic_path, atomic_write_json, sha256_file
 
 FORMAT = "triagan-training-state"
 VERSION = 1
@@ -76,9 +77,43 @@ def save(directory: str | os.PathLike, nimg: int, state: dict[str, Any], keep: i
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         save_file(tensors, tmp, metadata=meta)
+    # Written after the state: a state without its record was cut off before it (see load_latest)
+    atomic_write_json(sidecar_path(out), {"file": out.name, "bytes": out.stat().st_size,
+                                          "sha256": sha256_file(out)})  # fmt: skip
     for old in list_states(directory)[keep:]:
         old.unlink(missing_ok=True)
+        sidecar_path(old).unlink(missing_ok=True)
     return out
+
+
+def sidecar_path(state: str | os.PathLike) -> Path:
+    """``state-<nimg>.safetensors.sha256``: the checkpoint's size and sha256 (JSON)."""
+    return Path(f"{state}.sha256")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's bytes are not the ones recorded when it was written."""
+
+
+def verify(path: Path, legacy: bool) -> None:
+    """Check ``path`` against its sidecar; safetensors has no checksum, so a flipped byte in a
+    tensor would otherwise resume silently. ``legacy``: no checkpoint of the directory has a
+    sidecar (written before sidecars existed), so it is loaded unchecked, with a warning."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        if legacy:
+            print(f"warning: {path} has no recorded sha256 (older run); resuming unchecked")
+            return
+        raise CheckpointMismatchError(f"no {side.name}: the run stopped before recording it")
+    try:
+        record = json.loads(side.read_text())
+        expected = record["sha256"]
+    except (ValueError, KeyError, TypeError) as exn:
+        raise CheckpointMismatchError(f"{side} is unreadable ({exn!r})") from None
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointMismatchError(f"sha256 {actual[:16]}... is not the recorded "
+                                      f"{str(expected)[:16]}... (corrupt file)")  # fmt: skip
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
@@ -108,19 +143,24 @@ class UnreadableCheckpointsError(RuntimeError):
 def load_latest(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that reads back, or None when there is none at all.
 
-    A damaged newest file (e.g. a torn write on another filesystem) is moved aside to
-    `*.unreadable` and the next older one is used; if every checkpoint is damaged this raises
-    instead of silently restarting the stage from image 0.
+    A damaged newest file (a torn write on another filesystem, bytes that differ from the
+    sha256 recorded beside it, or no record because the run was killed between writing the
+    two) is moved aside to `*.unreadable`, with a message, and the next older one is used; if
+    every checkpoint is damaged this raises instead of silently restarting the stage from 0.
     """
     from safetensors import SafetensorError
 
     states = list_states(directory)
+    legacy = not any(sidecar_path(p).is_file() for p in states)
     for p in states:
         try:
+            verify(p, legacy)
             return p, load(p)
         except (OSError, ValueError, KeyError, SafetensorError) as exn:  # damaged: use the older
-            print(f"warning: unreadable checkpoint {p} moved aside: {exn}")
+            print(f"warning: checkpoint {p} moved aside as {p.name}.unreadable: {exn}")
             p.rename(p.with_name(p.name + ".unreadable"))
+            if sidecar_path(p).is_file():
+                sidecar_path(p).rename(p.with_name(p.name + ".unreadable.sha256"))
     if states:
         raise UnreadableCheckpointsError(
             f"none of the {len(states)} checkpoints in {directory} reads back (moved aside as "

@@ -254,13 +254,17 @@ def _snapshot(opts, nets, progress, rng, info, sdir: Path, grid, images: bool) -
         return
     checkpoint.save(sdir / "checkpoints", progress["nimg"], _state(nets, progress, rng,
                     info.world_size), keep=opts.keep_checkpoints)  # fmt: skip
-    save_generator(nets.G_ema, sdir / "weights", config_name=opts.config.name,
-                   stage=sdir.name, source="triagan train", nimg=progress["nimg"],
-                   manifest=str(Path(opts.manifest).resolve()), tiny=opts.config.tiny)  # fmt: skip
+    _save_weights(opts, nets, progress, sdir)
     if images:
         _write_grid(nets.G_ema, grid, sdir / "images" / f"samples-{progress['nimg']:09d}.png")
         save_loss_plot(stats_mod.read_jsonl(sdir / "stats.jsonl"), sdir / "loss.png",
                        f"{opts.config.name} {sdir.name}")  # fmt: skip
+
+
+def _save_weights(opts: TrainOptions, nets: Nets, progress: dict[str, Any], sdir: Path) -> None:
+    save_generator(nets.G_ema, sdir / "weights", config_name=opts.config.name,
+                   stage=sdir.name, source="triagan train", nimg=progress["nimg"],
+                   manifest=str(Path(opts.manifest).resolve()), tiny=opts.config.tiny)  # fmt: skip
 
 
 def _tensorboard(opts: TrainOptions, sdir: Path, info: distributed.DistInfo):
@@ -307,6 +311,10 @@ def train_stage(
     if info.is_main:
         sdir.mkdir(parents=True, exist_ok=True)
         stats_mod.truncate_after(sdir / "stats.jsonl", progress["nimg"])
+        if latest is not None and rundir.weights_lag(sdir, progress["nimg"]):
+            _save_weights(opts, nets, progress, sdir)  # killed between checkpoint and weights
+            save_loss_plot(stats_mod.read_jsonl(sdir / "stats.jsonl"), sdir / "loss.png",
+                           f"{opts.config.name} {sdir.name}")  # fmt: skip
         rundir.write_stage_files(opts, stage, index, {
             "batch_plan": plan.__dict__, "world_size": info.world_size, "seed": opts.seed,
             "keypoints_overlay": _overlay_record(opts.keypoints_overlay),

@@ -112,6 +112,25 @@ def mark_done(opts: TrainOptions, stage: StageConfig, doc: dict[str, Any]) -> No
     write_json(stage_dir(opts, stage) / DONE_FILE, doc)
 
 
+def weights_lag(sdir: Path, nimg: int) -> bool:
+    """Whether the stage's EMA weights are not those of its resumed checkpoint (``nimg``).
+
+    A run killed between a checkpoint and its weights leaves older weights (or none); a stage
+    whose last checkpoint is its final one would then be marked complete with them, and the
+    next stage would start from them. The caller rewrites them from the resumed EMA generator.
+    """
+    doc = sdir / "weights" / "generator.json"
+    try:
+        have = json.loads(doc.read_text()).get("nimg")
+    except (OSError, ValueError, AttributeError):
+        have = None  # missing or unreadable: rewritten too
+    if have == nimg:
+        return False
+    print(f"stage {sdir.name}: weights are at {have} images, the checkpoint at {nimg}: "
+          f"rewriting {sdir / 'weights'} from the checkpoint")  # fmt: skip
+    return True
+
+
 def stage_manifest(opts: TrainOptions, stage: StageConfig, manifest_sha: str) -> str:
     """The manifest a stage reads: the pre-resized one `triagan prepare` wrote for the stage's
     resolution (`--prepared DIR`: DIR/<H>x<W>/<split>.json) when there is one, else the
