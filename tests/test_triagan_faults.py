@@ -280,3 +280,167 @@ def test_an_edited_dimension_in_generator_json_is_a_message(weights_dir, tiny_ma
     assert rc == 2, err
     assert f"{weights_dir / 'generator.json'} does not describe" in err
     assert "is (" in err or "missing from the file" in err or "not in the config" in err
+
+
+# ---------------------------------------------------------------- class 11: what training reads
+
+ONE_STEP = TOML.split("[[stages]]")[0] + (
+    "[[stages]]\nresolution = [18, 10]\ndim = 16\ndim_mults = [1, 1]\nbatch = 2\nkimg = 0.002\n"
+)
+
+
+def _replace_member(manifest: Path, shard: str, key: str, suffix: str, data: bytes) -> None:
+    """Rewrite one member of a shard and record the new bytes in the manifest, as a refine
+    that let the member through would have."""
+    import io
+    import tarfile
+
+    path = manifest.parent / shard
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for info, old in members:
+            new = data if info.name == f"{key}.{suffix}" else old
+            info.size = len(new)
+            tar.addfile(info, io.BytesIO(new))
+    doc = json.loads(manifest.read_text())
+    entry = next(s for s in doc["shards"] if s["path"] == shard)
+    entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
+    manifest.write_text(json.dumps(doc))
+
+
+def _list_error_samples(manifest: Path, listed: dict) -> None:
+    doc = json.loads(manifest.read_text())
+    doc.setdefault("totals", {})["error_samples"] = listed
+    manifest.write_text(json.dumps(doc))
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["key"]]
+
+
+def _train_cli(tmp_path: Path, manifest: Path, run: str, *extra: str, capsys) -> tuple:
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(ONE_STEP)
+    capsys.readouterr()
+    rc = _train(_train_args(cfg, manifest, tmp_path / run, *extra))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out, err
+
+
+def test_a_shard_changed_after_its_manifest_never_feeds_a_batch(tmp_path, capsys):
+    from triagan_shards import make_shards
+
+    from triagan_model.data.loader import build_loader
+    from triagan_model.data.manifest import ManifestError
+
+    manifest = make_shards(tmp_path, n_shards=2, per_shard=3)
+    import tarfile
+
+    shard = tmp_path / "out-000001.tar"
+    with tarfile.open(shard) as tar:  # a byte of a member training skips: only a hash can tell
+        offset = tar.getmember("1004.E_mask.png").offset_data + 40
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    kw = dict(batch_size=1, seed=0, shuffle=False, flip=False, infinite=False)
+    seen = []
+    with pytest.raises(ManifestError, match=r"out-000001\.tar sha256 .* != manifest"):
+        for batch in build_loader(manifest, verify="sha256", **kw):
+            seen += batch["key"]
+    assert seen and set(seen) <= {"1000", "1001", "1002"}  # no sample of the changed shard
+    assert len(_keys(build_loader(manifest, verify="size", **kw))) == 6  # sizes cannot tell
+    rc, _, err = _train_cli(tmp_path, manifest, "run", capsys=capsys)
+    assert rc == 2 and f"shard {shard} sha256" in err
+    shard.write_bytes(bytes(data[:-512]))  # truncated: refused at the start, even by size
+    with pytest.raises(ManifestError, match=r"out-000001\.tar has \d+ bytes, manifest says"):
+        build_loader(manifest, verify="size", **kw)
+    rc, _, err = _train_cli(tmp_path, manifest, "run2", "--verify", "size", capsys=capsys)
+    assert rc == 2 and "out-000001.tar has" in err
+
+
+def test_a_junk_image_names_shard_and_key_and_listed_errors_are_skipped(tmp_path, capsys):
+    from triagan_shards import make_shards
+
+    manifest = make_shards(tmp_path, n_shards=2, per_shard=3)
+    _replace_member(manifest, "out-000001.tar", "1004", "image.png", b"\x89PNG\r\n\x1a\n junk")
+    # in a DataLoader worker (the error crosses a process boundary), after the grid's samples
+    rc, _, err = _train_cli(tmp_path, manifest, "a", "--workers", "1", capsys=capsys)
+    assert rc == 2, err
+    assert f"shard {tmp_path / 'out-000001.tar'}, sample 1004: cannot decode" in err
+    assert "UnidentifiedImageError" in err and len(err.strip().splitlines()) == 1
+    _list_error_samples(manifest, {"out-000001.tar": {"1004": "bad-member"}})
+    rc, out, err = _train_cli(tmp_path, manifest, "b", capsys=capsys)
+    assert rc == 0, err
+    assert "error samples: skipping the 1 the manifest lists (bad-member 1)" in out
+    rc, out, err = _train_cli(tmp_path, manifest, "c", "--include-error-samples", capsys=capsys)
+    assert rc == 2 and "sample 1004: cannot decode" in err
+
+
+def test_listed_error_samples_are_skipped_once_everywhere_and_resume_exactly(tmp_path):
+    import itertools
+
+    from triagan_shards import make_shards
+
+    from triagan_model.data.loader import FDHStream, LoaderConfig, build_loader
+    from triagan_model.data.manifest import error_sample_counts, read_manifest
+
+    manifest = make_shards(tmp_path, n_shards=3, per_shard=4)
+    listed = {"out-000000.tar": {"1001": "no-estimate"},
+              "out-000002.tar": {"1008": "bad-member", "1011": "bad-keypoints"}}  # fmt: skip
+    _list_error_samples(manifest, listed)
+    m = read_manifest(manifest)
+    assert error_sample_counts(m) == {"bad-keypoints": 1, "bad-member": 1, "no-estimate": 1}
+    assert [s.usable_samples for s in m.shards] == [3, 4, 2]
+    expected = {str(k) for k in range(1000, 1012)} - {"1001", "1008", "1011"}
+    # 2 ranks x 2 workers = 4 slots over 3 shards: every shard is a remainder shard (stride 4)
+    keys = []
+    for rank, worker in itertools.product(range(2), range(2)):
+        cfg = LoaderConfig(resolution=(18, 10), batch_size=2, seed=3, rank=rank, world_size=2,
+                           infinite=False, shuffle_buffer=3)  # fmt: skip
+        keys += [k for b in FDHStream(m, cfg).pipeline(worker, 2) for k in b["key"]]
+    assert sorted(keys) == sorted(expected)
+    kw = dict(resolution=(18, 10), batch_size=2, seed=1, shuffle_buffer=3)
+    full = [b["key"] for b in itertools.islice(build_loader(manifest, **kw), 10)]
+    assert not {"1001", "1008", "1011"} & {k for b in full for k in b}
+    for k in (2, 4, 7):  # inside the first epoch (9 samples), across it, in the next
+        rest = build_loader(manifest, skip_batches=k, **kw)
+        assert [b["key"] for b in itertools.islice(rest, 10 - k)] == full[k:]
+    every = build_loader(manifest, include_error_samples=True, infinite=False, **kw)
+    assert len(_keys(every)) == 12
+
+
+def test_an_error_list_that_does_not_match_the_shards_is_refused(tmp_path):
+    from triagan_shards import make_shards
+
+    from triagan_model.data.loader import ShardError, build_loader
+    from triagan_model.data.manifest import ManifestError, read_manifest
+
+    manifest = make_shards(tmp_path, n_shards=2, per_shard=2)
+    _list_error_samples(manifest, {"out-000009.tar": {"1": "bad-member"}})
+    with pytest.raises(ManifestError, match="names shard 'out-000009.tar'"):
+        read_manifest(manifest)
+    _list_error_samples(manifest, {"out-000001.tar": ["1002"]})
+    with pytest.raises(ManifestError, match="must map key -> status"):
+        read_manifest(manifest)
+    _list_error_samples(manifest, {"out-000001.tar": {"7777": "bad-member"}})
+    with pytest.raises(ShardError, match=r"out-000001\.tar holds no samples \['7777'\]"):
+        _keys(build_loader(manifest, batch_size=1, seed=0, infinite=False))
+
+
+def test_prepare_leaves_out_listed_error_samples_and_names_a_junk_one(tmp_path):
+    from triagan_shards import make_shards
+
+    from triagan_model.data.manifest import read_manifest
+    from triagan_model.data.prepare import prepare
+    from triagan_model.data.transforms import SampleError
+
+    manifest = make_shards(tmp_path / "src", n_shards=2, per_shard=2)
+    _replace_member(manifest, "out-000000.tar", "1001", "mask.png", b"GIF89a")
+    with pytest.raises(SampleError, match=r"out-000000\.tar, sample 1001: cannot decode"):
+        prepare(manifest, [18], tmp_path / "p1")
+    _list_error_samples(manifest, {"out-000000.tar": {"1001": "bad-member"}})
+    out = read_manifest(prepare(manifest, [18], tmp_path / "p2").manifests[(18, 10)])
+    assert [s.samples for s in out.shards] == [1, 2]
+    assert out.provenance["error_samples_skipped"] == 1

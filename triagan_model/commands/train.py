@@ -12,7 +12,13 @@ EMA generator with a fresh discriminator. Rerunning the same command resumes fro
 checkpoint (training state and inference weights are separate files); --slice-kimg bounds one
 invocation to a job's wall time. Multi-GPU/multi-node: launch under torchrun (one process per
 GPU; only rank 0 writes). Exit status 0 when the run (or the slice) finished, 1 on any failure,
-2 on bad arguments.
+2 on bad arguments or bad data (a shard that differs from its manifest, a sample that does not
+decode: the message names the shard and the sample).
+
+Data checks: every shard's size at the start; with --verify sha256 (the default) also each
+shard's sha256 before its first sample is used. Samples the manifest lists as refine errors
+(totals.error_samples: bad-member, bad-keypoints, no-estimate) are skipped and counted unless
+--include-error-samples.
 
 outputs per stage in RUN_DIR/<stage>/: config.toml, stage.json, stats.jsonl, checkpoints/,
 weights/ (EMA generator: generator.safetensors + generator.json), images/ (condition |
@@ -25,6 +31,30 @@ examples:
   torchrun --nproc-per-node 8 -m triagan_model.cli train --config E --manifest M --run-dir R
   triagan train --config E-tiny --manifest M --run-dir /tmp/run --device cpu
 """
+
+
+def _error_samples_line(manifest, include: bool) -> str:
+    from triagan_model.data.manifest import error_sample_counts
+
+    counts = error_sample_counts(manifest)
+    total = sum(counts.values())
+    if not total:
+        return "error samples: the manifest lists none"
+    what = ", ".join(f"{k} {v}" for k, v in counts.items())
+    if include:
+        return f"error samples: training on the {total} the manifest lists ({what})"
+    return (f"error samples: skipping the {total} the manifest lists ({what}); "
+            "--include-error-samples trains on them")  # fmt: skip
+
+
+def _last_line(exn: BaseException) -> str:
+    """The original message: an error raised in a DataLoader worker arrives with the worker's
+    traceback as its text, whose last line is `module.Class: message`."""
+    text = str(exn).strip()
+    if "Traceback (most recent call last)" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prepared", default=None,
                    help="`triagan prepare` output directory: stages whose resolution it holds "
                    "read its pre-resized shards instead of decoding 288x160 PNGs")  # fmt: skip
+    p.add_argument("--verify", choices=("size", "sha256"), default="sha256",
+                   help="shard checks: sizes at the start (size), and each shard's sha256 before "
+                   "its first use (sha256, default; one extra read per shard and loader "
+                   "process in the first epoch)")  # fmt: skip
+    p.add_argument("--include-error-samples", action="store_true",
+                   help="train also on the samples the manifest lists as errors")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-gpu", type=int, default=None,
                    help="images per forward pass per GPU (gradient accumulation makes up the "
@@ -77,6 +113,7 @@ def build_options(args: argparse.Namespace):
         tensorboard=args.tensorboard, grid_size=args.grid_size,
         feature_weights_dir=args.feature_weights, progress=not args.no_progress,
         prepared=args.prepared, keypoints_overlay=args.keypoints_overlay,
+        verify=args.verify, include_error_samples=args.include_error_samples,
     )  # fmt: skip
 
 
@@ -90,18 +127,29 @@ def run(args: argparse.Namespace) -> int:
         from triagan_model.data.manifest import read_manifest
         from triagan_model.training.options import describe_plan
 
-        read_manifest(opts.manifest)
+        manifest = read_manifest(opts.manifest)
         plan = describe_plan(opts, int(os.environ.get("WORLD_SIZE", "1")))
+        plan += "\n" + _error_samples_line(manifest, opts.include_error_samples)
     except (KeyError, FileNotFoundError, ValueError) as exn:
         print(f"triagan train: error: {exn}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(plan)
         return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(plan.rsplit("\n", 1)[-1])
+    from triagan_model.data.loader import ShardError
+    from triagan_model.data.manifest import ManifestError
+    from triagan_model.data.transforms import SampleError
     from triagan_model.training.loop import train
+    from triagan_model.weights import WeightsError
 
+    data_errors = (ManifestError, ShardError, SampleError, WeightsError)
     try:
         result = train(opts)
+    except data_errors as exn:  # the user's data: a message naming shard / sample, exit 2
+        print(f"triagan train: error: {_last_line(exn)}", file=sys.stderr)
+        return 2
     except Exception as exn:  # report and exit non-zero (the reference exited 0 on failure)
         import traceback
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from triagan_model.data.fdh import IMAGE_H, IMAGE_W, UNUSED_MEMBERS
-from triagan_model.data.manifest import Manifest, read_manifest
+from triagan_model.data.manifest import (
+    Manifest,
+    check_shard_sha256,
+    check_shard_size,
+    read_manifest,
+)
 from triagan_model.data.overlay import apply_overlay, load_overlay
 from triagan_model.data.transforms import (
+    SampleError,
     decode_sample,
     flip_draw,
     flip_sample,
@@ -50,6 +57,7 @@ from triagan_model.data.transforms import (
 )
 
 BATCH_TENSORS = ("img", "mask", "maskrcnn_mask", "condition", "keypoints")
+VERIFY_MODES = ("none", "size", "sha256")
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,13 @@ class ShardPlan:
     epoch: int
     stride: int = 1
     offset: int = 0
+    # keys refine marked as errors (manifest totals.error_samples): dropped before the stride,
+    # so indices (and the resume arithmetic) count only the samples that are read
+    exclude: frozenset[str] = frozenset()
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read as its manifest describes it; the message names it."""
 
 
 def plan_epoch(
@@ -79,6 +94,18 @@ def plan_epoch(
     return plans
 
 
+def decode_named(raw: dict[str, Any]) -> dict[str, Any]:
+    """`decode_sample` of a raw sample; any failure is a SampleError naming shard and key."""
+    try:
+        return decode_sample(raw, raw["__units__"])
+    except Exception as exn:  # untrusted bytes: PIL and numpy raise many types
+        raise SampleError(
+            f"shard {raw.get('__url__')}, sample {raw.get('__key__')}: cannot decode "
+            f"({type(exn).__name__}: {exn}); `fdhclean refine` marks such samples "
+            "bad-member and lists them in the manifest, and training skips those"
+        ) from None
+
+
 def _wanted_member(fname: str) -> bool:
     """Skip the CSE members before they are even read into memory (never decoded here)."""
     _, suffix = base_plus_ext(fname)
@@ -87,20 +114,30 @@ def _wanted_member(fname: str) -> bool:
 
 def read_shard(plan: ShardPlan) -> Iterator[dict[str, Any]]:
     """Raw samples (member bytes keyed by lower-cased suffix) of one planned shard."""
-    with open(plan.path, "rb") as stream:
-        files = tar_file_iterator(stream, select_files=_wanted_member)
-        tagged = ({**f, "__url__": plan.path} for f in files)
-        for i, sample in enumerate(group_by_keys(tagged, lcase=True)):
-            if plan.stride > 1 and i % plan.stride != plan.offset:
-                continue
-            sample["__epoch__"] = plan.epoch
-            sample["__units__"] = plan.keypoint_units
-            yield sample
-
-
-def _read_plans(plans: Iterator[ShardPlan]) -> Iterator[dict[str, Any]]:
-    for plan in plans:
-        yield from read_shard(plan)
+    key, dropped, kept = None, set(), 0
+    try:
+        with open(plan.path, "rb") as stream:
+            files = tar_file_iterator(stream, select_files=_wanted_member)
+            tagged = ({**f, "__url__": plan.path} for f in files)
+            for sample in group_by_keys(tagged, lcase=True):
+                key = sample["__key__"]
+                if key in plan.exclude:
+                    dropped.add(key)
+                    continue
+                kept += 1
+                if plan.stride > 1 and (kept - 1) % plan.stride != plan.offset:
+                    continue
+                sample["__epoch__"] = plan.epoch
+                sample["__units__"] = plan.keypoint_units
+                yield sample
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exn:  # webdataset's, tarfile's
+        where = f"after sample {key}" if key is not None else "before its first sample"
+        raise ShardError(f"shard {plan.path}: unreadable {where} ({type(exn).__name__}: {exn})"
+                         "; check it with `fdhclean verify` and restore it") from None  # fmt: skip
+    if dropped != plan.exclude:  # the skip counts (and resume positions) would be wrong
+        missing = sorted(plan.exclude - dropped)[:5]
+        raise ShardError(f"shard {plan.path} holds no samples {missing} that its manifest "
+                         "lists as error samples: the manifest does not describe it")  # fmt: skip
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,11 +164,15 @@ class LoaderConfig:
     # i % num_workers). Whole epochs are skipped from the manifest's sample counts without
     # reading; within the epoch, raw samples are dropped after the shuffle, before decoding.
     skip_batches: int = 0
+    # "none", "size" (every shard's byte count, at the start) or "sha256" (sizes at the start,
+    # and each shard's sha256 before its first sample is used in this process)
+    verify: str = "size"
+    include_error_samples: bool = False  # train on the samples refine marked as errors
 
 
-def _slot_epoch_count(shards, plans: list[tuple[int, int, int]]) -> int:
+def _slot_epoch_count(counts: list[int], plans: list[tuple[int, int, int]]) -> int:
     """Samples one slot reads in one epoch (from the manifest's per-shard sample counts)."""
-    return sum(len(range(offset, shards[i].samples, stride)) for i, stride, offset in plans)
+    return sum(len(range(offset, counts[i], stride)) for i, stride, offset in plans)
 
 
 class FDHStream(IterableDataset):
@@ -151,9 +192,36 @@ class FDHStream(IterableDataset):
         if h > stored[0] or w > stored[1] or stored[0] % h or stored[1] % w:
             raise ValueError(f"{manifest.path} stores {stored[0]}x{stored[1]} images: cannot "
                              f"serve {h}x{w} (the stage resolution must divide it)")  # fmt: skip
+        if config.verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, not {config.verify!r}")
+        if config.verify != "none":
+            for shard in manifest.shards:
+                check_shard_size(manifest, shard)
+                if config.verify == "sha256" and shard.sha256 is None:
+                    check_shard_sha256(manifest.path, shard)  # raises: nothing to verify
         self.manifest = manifest
         self.config = config
         self.overlay = overlay
+        keep_all = config.include_error_samples
+        self._exclude = [frozenset() if keep_all else frozenset(s.error_samples)
+                         for s in manifest.shards]  # fmt: skip
+        self._counts = [s.samples - len(x) for s, x in zip(manifest.shards, self._exclude,
+                                                          strict=True)]  # fmt: skip
+        self._verified: set[int] = set()  # shards whose sha256 this process has checked
+
+    @property
+    def skipped_error_samples(self) -> int:
+        """Samples per epoch left out because refine marked them as errors."""
+        return sum(len(x) for x in self._exclude)
+
+    def _read_plans(self, plans: Iterator[tuple[int, ShardPlan]]) -> Iterator[dict[str, Any]]:
+        for index, plan in plans:
+            if self.config.verify == "sha256" and index not in self._verified:
+                # Before use, not while streaming: a shard whose bytes changed never feeds a
+                # batch (a streaming hash would know only after its samples were trained on).
+                check_shard_sha256(self.manifest.path, self.manifest.shards[index])
+                self._verified.add(index)
+            yield from read_shard(plan)
 
     def _epoch_samples(self, worker: int, num_workers: int, epoch: int) -> wds.DataPipeline:
         """Raw samples of one epoch for one slot, shuffled within the epoch only."""
@@ -161,9 +229,10 @@ class FDHStream(IterableDataset):
         slots = plan_epoch(len(shards), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle,
                            slot=cfg.rank * num_workers + worker,
                            num_slots=cfg.world_size * num_workers)  # fmt: skip
-        plans = [ShardPlan(str(shards[i].path), shards[i].keypoint_units, epoch, stride, offset)
+        plans = [(i, ShardPlan(str(shards[i].path), shards[i].keypoint_units, epoch, stride,
+                               offset, self._exclude[i]))
                  for i, stride, offset in slots]  # fmt: skip
-        stages: list[Any] = [lambda: iter(plans), _read_plans]
+        stages: list[Any] = [lambda: iter(plans), self._read_plans]
         if cfg.shuffle and cfg.shuffle_buffer > 1:
             rng = random.Random(f"triagan-samples:{cfg.seed}:{epoch}:{cfg.rank}:{worker}")
             stages.append(wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng))
@@ -177,7 +246,7 @@ class FDHStream(IterableDataset):
                 slots = plan_epoch(len(self.manifest.shards), seed=cfg.seed, epoch=epoch,
                                    shuffle=cfg.shuffle, slot=cfg.rank * num_workers + worker,
                                    num_slots=cfg.world_size * num_workers)  # fmt: skip
-                count = _slot_epoch_count(self.manifest.shards, slots)
+                count = _slot_epoch_count(self._counts, slots)
                 if count and skip >= count:  # a whole epoch already consumed: not even read
                     skip -= count
                     epoch += 1
@@ -207,7 +276,7 @@ class FDHStream(IterableDataset):
         return mine * self.config.batch_size
 
     def _process(self, raw: dict[str, Any]) -> dict[str, Any]:
-        sample = decode_sample(raw, raw["__units__"])
+        sample = decode_named(raw)
         sample = apply_overlay(sample, self.overlay)
         sample = resize_sample(sample, self.config.resolution)
         if self.config.flip and flip_draw(self.config.seed, raw["__epoch__"], sample["key"]):
@@ -246,7 +315,8 @@ def build_loader(
     shuffle: bool = True,
     shuffle_buffer: int = 1000,
     flip: bool = True,
-    verify: bool = False,
+    verify: bool | str = "size",
+    include_error_samples: bool = False,
     overlay: str | os.PathLike | dict[str, np.ndarray] | None = None,
     epoch: int = 0,
     infinite: bool = True,
@@ -260,9 +330,12 @@ def build_loader(
     list[str]. `resolution` is the stage's (H, W). `shuffle=False` reads shards and samples in
     manifest order (evaluation); `shuffle_buffer` is the sample-level buffer (in raw samples).
     `skip_batches` resumes a stream: the first `skip_batches` batches of this rank are skipped
-    exactly (the same batches follow as in an uninterrupted run).
+    exactly (the same batches follow as in an uninterrupted run). `verify`: "size" (default),
+    "sha256" (also each shard's hash before its first use in each process), "none", or True
+    (every shard hashed now). Samples the manifest lists as refine errors are skipped unless
+    `include_error_samples`.
     """
-    manifest = read_manifest(manifest_path, verify=verify)
+    manifest = read_manifest(manifest_path, verify=verify is True)  # True: all hashed now
     if isinstance(overlay, str | os.PathLike | Path):
         overlay = load_overlay(overlay)
     config = LoaderConfig(
@@ -277,6 +350,8 @@ def build_loader(
         epoch=int(epoch),
         infinite=infinite,
         skip_batches=int(skip_batches),
+        verify={True: "size", False: "none"}.get(verify, verify),  # type: ignore[arg-type]
+        include_error_samples=include_error_samples,
     )
     stream = FDHStream(manifest, config, overlay)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,13 @@ class ShardEntry:
     bytes: int | None
     sha256: str | None
     keypoint_units: str
+    # key -> refine status of the samples refine marked as errors (totals.error_samples)
+    error_samples: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def usable_samples(self) -> int:
+        """Samples the loader reads by default: all but the listed error samples."""
+        return self.samples - len(self.error_samples)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,7 @@ def read_manifest(path: str | os.PathLike, *, verify: bool = False) -> Manifest:
         raise ManifestError(f"{path}: 'shards' must be a non-empty list")
     base = _resolve_root(path, data.get("root"))
     shards = tuple(_parse_shard(path, base, i, s) for i, s in enumerate(shards_raw))
+    shards = _attach_error_samples(path, shards, shards_raw, data.get("totals"))
     manifest = Manifest(
         path=path,
         split=data.get("split"),
@@ -141,23 +151,81 @@ def read_manifest(path: str | os.PathLike, *, verify: bool = False) -> Manifest:
     return manifest
 
 
-def verify_shards(manifest: Manifest) -> None:
-    """Raise ManifestError naming the first shard that is missing or differs from its record."""
+def _attach_error_samples(
+    path: Path, shards: tuple[ShardEntry, ...], raw: list[Any], totals: Any
+) -> tuple[ShardEntry, ...]:
+    """`totals.error_samples` ({shard path as listed, or its unique file name: {key: status}},
+    written by `fdhclean refine`) attached to the shards it names. A name that matches no
+    shard is an error: the samples it lists would otherwise be trained on silently."""
+    listed = (totals or {}).get("error_samples") if isinstance(totals, dict) else None
+    if not listed:
+        return shards
+    if not isinstance(listed, dict):
+        raise ManifestError(f"{path}: totals.error_samples must map shard -> {{key: status}}")
+    exact = {str(entry["path"]): i for i, entry in enumerate(raw)}
+    bases = Counter(Path(name).name for name in exact)
+    by_base = {Path(n).name: i for n, i in exact.items() if bases[Path(n).name] == 1}
+    found: dict[int, dict[str, str]] = {}
+    for name, keys in listed.items():
+        index = exact.get(name, by_base.get(name))
+        if index is None:
+            raise ManifestError(f"{path}: totals.error_samples names shard {name!r}, which "
+                                "matches no single entry of 'shards'")  # fmt: skip
+        ok = isinstance(keys, dict) and all(isinstance(v, str) for v in keys.values())
+        if not ok:
+            raise ManifestError(f"{path}: totals.error_samples[{name!r}] must map key -> status")
+        found.setdefault(index, {}).update({str(k): v for k, v in keys.items()})
+    out = list(shards)
+    for i, keys in found.items():
+        if len(keys) > out[i].samples:
+            raise ManifestError(f"{path}: totals.error_samples lists {len(keys)} samples of "
+                                f"{out[i].path}, which holds {out[i].samples}")  # fmt: skip
+        out[i] = replace(out[i], error_samples=keys)
+    return tuple(out)
+
+
+def error_sample_counts(manifest: Manifest) -> dict[str, int]:
+    """Listed error samples by refine status (e.g. {"bad-member": 3})."""
+    counts: dict[str, int] = {}
     for shard in manifest.shards:
-        if not shard.path.is_file():
-            raise ManifestError(f"{manifest.path}: shard {shard.path} does not exist")
+        for status in shard.error_samples.values():
+            counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_shard_size(manifest: Manifest, shard: ShardEntry) -> None:
+    """The shard exists and has the byte count its record names (cheap: one stat)."""
+    try:
         size = shard.path.stat().st_size
-        if shard.bytes is not None and size != shard.bytes:
-            raise ManifestError(
-                f"{manifest.path}: shard {shard.path} has {size} bytes, manifest says {shard.bytes}"
-            )
-        if shard.sha256 is None:
-            raise ManifestError(f"{manifest.path}: shard {shard.path} has no sha256 to verify")
-        digest = file_sha256(shard.path)
-        if digest != shard.sha256:
-            raise ManifestError(
-                f"{manifest.path}: shard {shard.path} sha256 {digest} != manifest {shard.sha256}"
-            )
+    except FileNotFoundError:
+        raise ManifestError(f"{manifest.path}: shard {shard.path} does not exist") from None
+    if shard.bytes is not None and size != shard.bytes:
+        raise ManifestError(
+            f"{manifest.path}: shard {shard.path} has {size} bytes, manifest says {shard.bytes}"
+            " (changed or truncated after the manifest was written)"
+        )
+
+
+def check_shard_sha256(manifest_path: Path, shard: ShardEntry) -> None:
+    """The shard's bytes are the ones its record names (reads the whole shard)."""
+    if shard.sha256 is None:
+        raise ManifestError(f"{manifest_path}: shard {shard.path} has no sha256 to verify; "
+                            "use --verify size, or write the manifest again")  # fmt: skip
+    digest = file_sha256(shard.path)
+    if digest != shard.sha256:
+        raise ManifestError(
+            f"{manifest_path}: shard {shard.path} sha256 {digest} != manifest {shard.sha256} "
+            "(changed after the manifest was written: restore it, or clean it again)"
+        )
+
+
+def verify_shards(manifest: Manifest, *, sha256: bool = True) -> None:
+    """Raise ManifestError naming the first shard that is missing or differs from its record
+    (sizes only when `sha256` is False)."""
+    for shard in manifest.shards:
+        check_shard_size(manifest, shard)
+        if sha256:
+            check_shard_sha256(manifest.path, shard)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

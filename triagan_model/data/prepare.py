@@ -39,14 +39,14 @@ from triagan_model.data.fdh import (
     MEMBER_MASK,
     MEMBER_MASKRCNN,
 )
-from triagan_model.data.loader import ShardPlan, read_shard
+from triagan_model.data.loader import ShardPlan, decode_named, read_shard
 from triagan_model.data.manifest import (
     file_sha256,
     manifest_sha256,
     read_manifest,
     write_json_atomic,
 )
-from triagan_model.data.transforms import decode_sample, masked_condition, resize_sample
+from triagan_model.data.transforms import masked_condition, resize_sample
 from triagan_model.provenance import git_commit, utc_now
 
 _IMAGE_MEMBERS = (MEMBER_IMAGE, MEMBER_MASK, MEMBER_MASKRCNN, MEMBER_CONDITION)
@@ -105,7 +105,7 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
 
 def encode_resized(raw: dict[str, Any], size: tuple[int, int]) -> dict[str, bytes]:
     """Members of one prepared sample at `size` (suffix -> bytes), from a raw source sample."""
-    decoded = decode_sample(raw, raw["__units__"])
+    decoded = decode_named(raw)
     if "condition" not in decoded:
         decoded["condition"] = masked_condition(decoded["img"], decoded["mask"], CONDITION_FILL_U8)
     small = resize_sample(decoded, size)
@@ -129,6 +129,9 @@ class ShardTask:
     keypoint_units: str
     outputs: tuple[tuple[tuple[int, int], str], ...]  # ((H, W), output tar path)
     overwrite: bool
+    # samples refine marked as errors (manifest totals.error_samples): not prepared, since
+    # training skips them by default and they may not even decode
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def prepare_shard(task: ShardTask) -> list[ShardResult]:
         with ExitStack() as stack:  # a failure removes every temporary tar of this shard
             writers = [(size, stack.enter_context(DeterministicTarWriter(Path(p))))
                        for size, p in task.outputs]  # fmt: skip
-            for raw in read_shard(ShardPlan(task.source, task.keypoint_units, epoch=0)):
+            plan = ShardPlan(task.source, task.keypoint_units, epoch=0, exclude=task.exclude)
+            for raw in read_shard(plan):
                 for size, writer in writers:
                     for suffix, data in encode_resized(raw, size).items():
                         writer.add(f"{raw['__key__']}.{suffix}", data)
@@ -199,6 +203,7 @@ def _write_manifests(
             "provenance": {
                 "tool": "triagan prepare", "package_version": __version__, "git_commit": commit,
                 "parent": parent, "resolution": [size[0], size[1]],
+                "error_samples_skipped": sum(len(t.exclude) for t in tasks),
                 "source_resolution": [src_res[0], src_res[1]],
                 "resize": {"image": "bilinear, antialiased", "mask": "known only if all known",
                            "maskrcnn_mask": "nearest", "condition": "unknown=127, bilinear"},
@@ -261,6 +266,7 @@ def prepare(
             shard.keypoint_units,
             tuple((s, str(out_dir / f"{s[0]}x{s[1]}" / split / f"out-{i:06d}.tar")) for s in sizes),
             overwrite,
+            frozenset(shard.error_samples),
         )  # fmt: skip
         for i, shard in enumerate(manifest.shards)
     ]

@@ -233,7 +233,8 @@ def _grid_batch(
     """The first ``grid_size`` samples of the manifest (no flip) and fixed latents."""
     loader = build_loader(manifest, resolution=resolution, batch_size=opts.grid_size,
                           seed=0, shuffle=False, flip=False, infinite=False,
-                          overlay=opts.keypoints_overlay)  # fmt: skip
+                          overlay=opts.keypoints_overlay,
+                          include_error_samples=opts.include_error_samples)  # fmt: skip
     batch = _to_device(next(iter(loader)), device)
     z = torch.randn(len(batch["key"]), opts.config.generator.z_dim,
                     generator=torch.Generator().manual_seed(opts.seed)).to(device)  # fmt: skip
@@ -330,7 +331,8 @@ def train_stage(
                           world_size=info.world_size, num_workers=opts.num_workers,
                           shuffle_buffer=opts.shuffle_buffer, flip=cfg.augment.hflip,
                           skip_batches=progress["batches"], overlay=opts.keypoints_overlay,
-                          pin_memory=device.type == "cuda")  # fmt: skip
+                          pin_memory=device.type == "cuda", verify=opts.verify,
+                          include_error_samples=opts.include_error_samples)  # fmt: skip
     with seeding.rng_untouched():
         data = iter(loader)
         grid = _grid_batch(opts, manifest, stage.resolution, device) if info.is_main else None

@@ -39,6 +39,8 @@ class TrainOptions:
     keep_checkpoints: int = 2
     prepared: str | None = None  # `triagan prepare` output: pre-resized shards per stage
     keypoints_overlay: str | None = None  # reference-style refined-keypoint JSON {key: 17x3}
+    verify: str = "sha256"  # shards: "size" at the start, "sha256" also before each first use
+    include_error_samples: bool = False  # train on samples the manifest lists as refine errors
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
