@@ -209,11 +209,6 @@ class FDHStream(IterableDataset):
                                                           strict=True)]  # fmt: skip
         self._verified: set[int] = set()  # shards whose sha256 this process has checked
 
-    @property
-    def skipped_error_samples(self) -> int:
-        """Samples per epoch left out because refine marked them as errors."""
-        return sum(len(x) for x in self._exclude)
-
     def _read_plans(self, plans: Iterator[tuple[int, ShardPlan]]) -> Iterator[dict[str, Any]]:
         for index, plan in plans:
             if self.config.verify == "sha256" and index not in self._verified:
@@ -350,7 +345,7 @@ def build_loader(
         epoch=int(epoch),
         infinite=infinite,
         skip_batches=int(skip_batches),
-        verify={True: "size", False: "none"}.get(verify, verify),  # type: ignore[arg-type]
+        verify={True: "size", False: "none"}.get(verify, verify),  # True: hashed above
         include_error_samples=include_error_samples,
     )
     stream = FDHStream(manifest, config, overlay)
