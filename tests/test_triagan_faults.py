@@ -104,9 +104,13 @@ STAGES = ("18x10", "36x20")
 
 # Runs `triagan train` with checkpoint.save wrapped so that the process SIGKILLs itself right
 # after writing the checkpoint at image KILL_AT of stage KILL_STAGE (before the EMA weights).
+# It takes the parent's torch thread count: the reruns happen in this process, and another
+# thread count sums in another order (in-process `prepare` sets 1 thread, for instance).
 KILLER = """
 import os, signal, sys
 from pathlib import Path
+import torch
+torch.set_num_threads(int(os.environ["KILL_THREADS"]))  # the parent's: same float reductions
 from triagan_model.training import checkpoint
 real = checkpoint.save
 def save_then_die(directory, nimg, state, keep=2):
@@ -168,7 +172,10 @@ def test_sigkill_after_the_final_checkpoint_rerun_finishes_the_weights(
 
     cfg, ref = reference_run
     run = tmp_path / "run"
+    import torch
+
     env = {**os.environ, "KILL_STAGE": "18x10", "KILL_AT": "6",
+           "KILL_THREADS": str(torch.get_num_threads()),
            "PYTHONPATH": str(PACKAGE.parent), "PYTHONWARNINGS": "ignore"}  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", KILLER, *_train_args(cfg, tiny_manifest, run)],
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -152,7 +152,6 @@ def _count_samples(path: Path) -> int:
 
 def prepare_shard(task: ShardTask) -> list[ShardResult]:
     """Write every resolution of one input shard (skipped when all outputs already exist)."""
-    torch.set_num_threads(1)
     skipped = not task.overwrite and all(Path(p).is_file() for _, p in task.outputs)
     if not skipped:
         with ExitStack() as stack:  # a failure removes every temporary tar of this shard
@@ -235,7 +234,10 @@ def _run_tasks(tasks: list[ShardTask], workers: int) -> Iterable[list[ShardResul
     if workers <= 1:
         yield from map(prepare_shard, tasks)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # One torch thread per worker process; set there, not here: with one process the caller's
+    # thread count stays as it was (it changes float reductions of later work in the process).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:  # fmt: skip
         yield from pool.map(prepare_shard, tasks)
 
 
