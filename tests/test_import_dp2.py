@@ -81,6 +81,7 @@ def test_import_dp2_round_trip(tmp_path, old):
     assert rc == 0
     g = load_generator(tmp_path / "o")
     assert g.cfg.resolution == (36, 20)
+    assert g.cfg.conditioning_mode == "reference"  # DP2's maps: the weights were trained so
     sd = g.state_dict()
     assert torch.equal(sd["mapping.layers.1.weight"], ref["style_net.fc1.weight"])
     assert torch.equal(

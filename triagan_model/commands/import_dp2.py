@@ -11,6 +11,7 @@ when the checkpoint has the multi-modal truncation centres). The checkpoint is r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 
@@ -43,7 +44,9 @@ def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, 
         if not matches:
             raise ValueError(f"config {cfg.name} has no stage with {conv.n_levels} levels")
         stage = matches[0].name
-    g = TriaGANGenerator(cfg.generator_config(stage))
+    # DP2's weights were trained on DP2's maps, whatever the config file says
+    gcfg = dataclasses.replace(cfg.generator_config(stage), conditioning_mode="reference")
+    g = TriaGANGenerator(gcfg)
     ours = g.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
              for k, v in conv.state.items() if k in ours and v.shape != ours[k].shape]  # fmt: skip

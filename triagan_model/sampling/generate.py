@@ -56,7 +56,8 @@ def generate_batch(
     dev = next(G.parameters()).device
     res = G.cfg.resolution
     img, mask, person = (batch[k].to(dev) for k in ("img", "mask", "maskrcnn_mask"))
-    cond = build_condition(img, mask, person, batch["keypoints"].to(dev), res)
+    cond = build_condition(img, mask, person, batch["keypoints"].to(dev), res,
+                           mode=G.cfg.conditioning_mode)  # fmt: skip
     w = G.mapping(z.to(dev))
     if trunc.centres is not None:
         w = truncate_to_centres(w, trunc.centres.to(dev), trunc.psi)
