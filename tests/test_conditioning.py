@@ -101,6 +101,11 @@ def test_later_limbs_overwrite_and_fallback_head_line():
     assert maps.sum(1).max() == 1  # one-hot: never two limbs on a pixel
     independent = C.limb_maps(kp, hw, mode="flip-exact")
     assert independent[0, 0].sum() == 0  # flip-exact needs visible eyes for the mid-eye
+    # invisible eyes far outside (PIL would walk ~1e9 pixels) or NaN: that one line is skipped
+    for far in (1e8, float("nan")):
+        kp[0, 1, 0] = kp[0, 2, 0] = far
+        label = C.limb_label_map(kp, hw)[0]
+        assert (label == 1).sum() == 0 and (label == 4).sum() > 0  # the shoulder line stays
 
 
 def test_reference_keypoint_pixel_rounds_half_to_even():

@@ -75,6 +75,9 @@ DP2_DRAW_ORDER: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 
 
+FAR_LIMIT = 16  # image sizes; see _dp2_points
+
+
 def check_mode(mode: str) -> str:
     """``mode`` if it is a conditioning mode, else a ValueError naming the valid ones."""
     if mode not in CONDITIONING_MODES:
@@ -175,7 +178,10 @@ def _dp2_points(keypoints: torch.Tensor, hw: tuple[int, int]):
     # mid-eye from the scaled eyes, visible or not (DP2 does not check them)
     mid_eye = ext[:, 1] + (ext[:, 2] - ext[:, 1]) / 2
     xy = torch.cat([ext[..., :2], mid_eye[:, None, :2]], 1)
-    ok = torch.isfinite(xy).all(-1)  # a non-finite mid-eye line is skipped
+    # Only the mid-eye can lie outside the image (visible points are inside [0, 1]); PIL walks
+    # a line pixel by pixel even outside the image (1e9 px: ~10 s), so a mid-eye farther than
+    # FAR_LIMIT image sizes away (or non-finite) skips its line, where DP2 would draw the clip.
+    ok = (xy.abs() <= FAR_LIMIT * max(h, w)).all(-1)  # False for NaN and inf too
     return xy.round().long(), vis, ok
 
 
