@@ -306,3 +306,7 @@ def test_import_dp2_failures_name_the_file_and_the_cause(tmp_path, capsys, monke
         assert name in err and cause in err and "Traceback" not in err, err
         assert "rerun with --allow-pickle" not in err
     assert not (tmp_path / "o").exists()  # nothing written on failure
+    (tmp_path / "file").write_text("")  # --out under a regular file: cannot be created
+    rc = _import([str(tmp_path / "whole.ckpt"), "--config", "E-tiny", "--out",
+                  str(tmp_path / "file" / "o")])  # fmt: skip
+    assert rc == 1 and "cannot write" in capsys.readouterr().err

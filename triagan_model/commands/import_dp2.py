@@ -107,5 +107,8 @@ def run(args: argparse.Namespace) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"triagan import-dp2: {args.ckpt}: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output side: an unwritable or full --out
+        print(f"triagan import-dp2: cannot write {args.out}: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
