@@ -162,8 +162,9 @@ def _round_pair(a: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _dp2_points(keypoints: torch.Tensor, hw: tuple[int, int]):
-    """Pixel endpoints (B, 20, 2) long (17 keypoints, neck, mid-hip, mid-eye) and visibility
-    (B, 19) of DP2's create_joint_map, in its float32 order of operations."""
+    """Pixel endpoints (B, 20, 2) long (17 keypoints, neck, mid-hip, mid-eye), visibility
+    (B, 19) and drawability (B, 20) of DP2's create_joint_map, in its float32 order of
+    operations."""
     h, w = hw
     kp = dp2_decode_keypoints(keypoints).cpu()
     ext = torch.cat([kp, torch.zeros(kp.shape[0], 2, 3)], 1)
