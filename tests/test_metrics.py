@@ -159,13 +159,14 @@ def test_clip_extractor_loads_a_local_file(tmp_path):
     assert feats.shape == (2, 512) and torch.isfinite(feats).all()
 
 
-def _tiny_clip_visual(seed: int = 0) -> torch.nn.Module:
+def _tiny_clip_visual(seed: int = 0, output_dim: int = 16) -> torch.nn.Module:
     """A random CLIP ViT image tower in OpenAI's layout (ViT-B/32's patch and input, narrow)."""
     from open_clip.transformer import QuickGELU, VisionTransformer
 
     torch.manual_seed(seed)
     return VisionTransformer(image_size=224, patch_size=32, width=64, layers=2, heads=1,
-                             mlp_ratio=4.0, output_dim=16, act_layer=QuickGELU).eval()  # fmt: skip
+                             mlp_ratio=4.0, output_dim=output_dim,
+                             act_layer=QuickGELU).eval()  # fmt: skip
 
 
 class _WholeClip(torch.nn.Module):
@@ -202,6 +203,39 @@ def test_clip_loads_openai_torchscript_archive(tmp_path, whole_model):
         feats = ex(images)
         assert feats.shape == (3, 16)
         assert torch.allclose(feats, visual(clip_preprocess_dp2(images)), atol=1e-6)
+
+
+def test_evaluate_fid_clip_with_a_torchscript_archive(tmp_path, monkeypatch, capsys):
+    """`triagan evaluate --metrics fid_clip` end to end with a ViT-B-32.pt in OpenAI's format
+    (TorchScript) in $TRIAGAN_WEIGHTS; a broken file fails with its name and the cause."""
+    from triagan_model.cli import main
+    from triagan_model.configs import get_config
+    from triagan_model.networks.generator import TriaGANGenerator
+    from triagan_model.weights import save_generator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = get_config("A-tiny").generator_config("72x40")
+        clip = _WholeClip(_tiny_clip_visual(2, 512))  # FID_CLIP's 512-d features
+        archive = torch.jit.trace(clip, torch.randn(1, 3, 224, 224))
+        torch.manual_seed(0)
+        save_generator(TriaGANGenerator(cfg), tmp_path / "g", config_name="A-tiny", stage="72x40")
+        (tmp_path / "w").mkdir()
+        torch.jit.save(archive, str(tmp_path / "w" / "ViT-B-32.pt"))
+    monkeypatch.setenv("TRIAGAN_WEIGHTS", str(tmp_path / "w"))
+    manifest = make_shards(tmp_path / "val", n_shards=1, per_shard=4, seed=6)
+    args = ["evaluate", "--weights", str(tmp_path / "g"), "--manifest", str(manifest),
+            "--metrics", "fid_clip", "--out", str(tmp_path / "eval"), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(args) == 0
+    line = json.loads((tmp_path / "eval" / "metric-fid_clip.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(line["value"]) and line["value"] > 0
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()] == ["clip"]
+    assert "clip-vit-b32.dp2" in next((tmp_path / "cache").iterdir()).name
+    (tmp_path / "w" / "ViT-B-32.pt").write_bytes(b"\x00" * 64)
+    assert main([*args, "--cache-dir", str(tmp_path / "cache2")]) != 0
+    err = capsys.readouterr().err
+    assert "ViT-B-32.pt: cannot read CLIP weights" in err and "Traceback" not in err
 
 
 def test_clip_state_dicts_fp16_and_bad_files(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(p))
         if is_torchscript_archive(p):
-            return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
+            with warnings.catch_warnings():  # torch 2.x's deprecation notice for torch.jit
+                warnings.simplefilter("ignore", FutureWarning)
+                return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ClipWeightsError(
