@@ -155,8 +155,13 @@ def test_clip_extractor_loads_a_local_file(tmp_path):
     path = tmp_path / "clip.pt"
     torch.save(model.state_dict(), path)
     ex = FeatureExtractor("clip-vit-b32", weights_path=path)
-    feats = ex(torch.rand(2, 3, 288, 160) * 2 - 1)
+    images = torch.rand(2, 3, 288, 160) * 2 - 1
+    feats = ex(images)
     assert feats.shape == (2, 512) and torch.isfinite(feats).all()
+    from triagan_model.metrics.fid import clip_preprocess_dp2
+
+    with torch.no_grad():  # the architecture read from the tensors is open_clip's ViT-B/32
+        assert torch.allclose(feats, model.visual.eval()(clip_preprocess_dp2(images)), atol=1e-5)
 
 
 def _tiny_clip_visual(seed: int = 0, output_dim: int = 16) -> torch.nn.Module:
