@@ -70,10 +70,10 @@ def test_ladder_fields():
 
 
 def test_ema_rampup():
-    ema = get_config("E").ema
-    assert ema.beta_at(10**9, 128) == pytest.approx(0.9976)
+    ema = get_config("E").ema  # DeepPrivacy2's rule: a half-life of 312.5 steps
+    assert ema.beta_at(10**9, 128) == pytest.approx(0.5 ** (1 / 312.5))
     assert ema.beta_at(128, 128) < 0.01  # early on the EMA follows the weights
-    assert ema.beta_at(10_000, 128) < ema.beta_at(100_000, 128) < 0.9976 + 1e-12
+    assert ema.beta_at(10_000, 128) < ema.beta_at(100_000, 128) < 0.5 ** (1 / 312.5) + 1e-12
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

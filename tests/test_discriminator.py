@@ -22,11 +22,13 @@ def tiny_d(**kw) -> ProjectedDiscriminator:
 def test_logit_shapes_and_no_gradient_into_feature_networks():
     d = tiny_d().train()
     img = torch.randn(2, 3, 72, 40, requires_grad=True)
-    logits = d(img)
+    logits = d(img)  # grouped by feature network: tiny-vit's maps, then tiny-cnn's
     # tiny-vit (224x224 -> 56/28/14/7) then tiny-cnn (288x160 -> 72x40 ... 9x5)
-    hw = [(56, 56), (28, 28), (14, 14), (7, 7), (72, 40), (36, 20), (18, 10), (9, 5)]
-    assert [tuple(t.shape) for t in logits] == [(2, 1, h, w) for h, w in hw]
-    sum(t.mean() for t in logits).backward()
+    hw = [[(56, 56), (28, 28), (14, 14), (7, 7)], [(72, 40), (36, 20), (18, 10), (9, 5)]]
+    assert [[tuple(t.shape) for t in maps] for maps in logits] == [
+        [(2, 1, h, w) for h, w in group] for group in hw
+    ]
+    sum(t.mean() for maps in logits for t in maps).backward()
     assert img.grad is not None and img.grad.abs().sum() > 0  # flows through to G's images
     for fnet in d.feature_networks.values():
         assert not fnet.training  # pinned in eval mode although D.train() was called

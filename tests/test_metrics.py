@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -154,8 +155,145 @@ def test_clip_extractor_loads_a_local_file(tmp_path):
     path = tmp_path / "clip.pt"
     torch.save(model.state_dict(), path)
     ex = FeatureExtractor("clip-vit-b32", weights_path=path)
-    feats = ex(torch.rand(2, 3, 288, 160) * 2 - 1)
+    images = torch.rand(2, 3, 288, 160) * 2 - 1
+    feats = ex(images)
     assert feats.shape == (2, 512) and torch.isfinite(feats).all()
+    from triagan_model.metrics.fid import clip_preprocess_dp2
+
+    with torch.no_grad():  # the architecture read from the tensors is open_clip's ViT-B/32
+        assert torch.allclose(feats, model.visual.eval()(clip_preprocess_dp2(images)), atol=1e-5)
+
+
+def _tiny_clip_visual(seed: int = 0, output_dim: int = 16) -> torch.nn.Module:
+    """A random CLIP ViT image tower in OpenAI's layout (ViT-B/32's patch and input, narrow)."""
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(image_size=224, patch_size=32, width=64, layers=2, heads=1,
+                             mlp_ratio=4.0, output_dim=output_dim,
+                             act_layer=QuickGELU).eval()  # fmt: skip
+
+
+class _WholeClip(torch.nn.Module):
+    """CLIP's top-level layout: the image tower under ``visual.`` beside text tensors."""
+
+    def __init__(self, visual: torch.nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+        self.token_embedding = torch.nn.Embedding(10, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+@pytest.mark.parametrize("whole_model", [True, False], ids=["clip-model", "visual-only"])
+def test_clip_loads_openai_torchscript_archive(tmp_path, whole_model):
+    from triagan_model.metrics.clip_loader import load_clip_visual
+    from triagan_model.metrics.fid import clip_preprocess_dp2
+
+    visual = _tiny_clip_visual()
+    x = torch.randn(2, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        archive = torch.jit.trace(_WholeClip(visual) if whole_model else visual, x)
+        path = tmp_path / "ViT-B-32.pt"
+        torch.jit.save(archive, str(path))
+        with pytest.raises(RuntimeError, match="TorchScript"):
+            torch.load(path, weights_only=True)  # the crash this loader exists for
+        loaded = load_clip_visual(path)
+        ex = FeatureExtractor("clip-vit-b32", weights_path=path)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), visual(x), atol=1e-6)
+        images = torch.rand(3, 3, 288, 160) * 2 - 1
+        feats = ex(images)
+        assert feats.shape == (3, 16)
+        assert torch.allclose(feats, visual(clip_preprocess_dp2(images)), atol=1e-6)
+
+
+def test_evaluate_fid_clip_with_a_torchscript_archive(tmp_path, monkeypatch, capsys):
+    """`triagan evaluate --metrics fid_clip` end to end with a ViT-B-32.pt in OpenAI's format
+    (TorchScript) in $TRIAGAN_WEIGHTS; a broken file fails with its name and the cause."""
+    from triagan_model.cli import main
+    from triagan_model.configs import get_config
+    from triagan_model.networks.generator import TriaGANGenerator
+    from triagan_model.weights import save_generator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = get_config("A-tiny").generator_config("72x40")
+        clip = _WholeClip(_tiny_clip_visual(2, 512))  # FID_CLIP's 512-d features
+        archive = torch.jit.trace(clip, torch.randn(1, 3, 224, 224))
+        torch.manual_seed(0)
+        save_generator(TriaGANGenerator(cfg), tmp_path / "g", config_name="A-tiny", stage="72x40")
+        (tmp_path / "w").mkdir()
+        torch.jit.save(archive, str(tmp_path / "w" / "ViT-B-32.pt"))
+    monkeypatch.setenv("TRIAGAN_WEIGHTS", str(tmp_path / "w"))
+    manifest = make_shards(tmp_path / "val", n_shards=1, per_shard=4, seed=6)
+    args = ["evaluate", "--weights", str(tmp_path / "g"), "--manifest", str(manifest),
+            "--metrics", "fid_clip", "--out", str(tmp_path / "eval"), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(args) == 0
+    line = json.loads((tmp_path / "eval" / "metric-fid_clip.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(line["value"]) and line["value"] > 0
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()] == ["clip"]
+    assert "clip-vit-b32.dp2" in next((tmp_path / "cache").iterdir()).name
+    (tmp_path / "w" / "ViT-B-32.pt").write_bytes(b"\x00" * 64)
+    assert main([*args, "--cache-dir", str(tmp_path / "cache2")]) != 0
+    err = capsys.readouterr().err
+    assert "ViT-B-32.pt: cannot read CLIP weights" in err and "Traceback" not in err
+
+
+def test_clip_state_dicts_fp16_and_bad_files(tmp_path):
+    from triagan_model.metrics.clip_loader import ClipWeightsError, load_clip_visual
+
+    visual = _tiny_clip_visual(1)
+    half = {f"visual.{k}": v.half() for k, v in visual.state_dict().items()}  # OpenAI stores fp16
+    torch.save(half, tmp_path / "half.pt")
+    loaded = load_clip_visual(tmp_path / "half.pt")
+    rounded = _tiny_clip_visual(1)
+    rounded.load_state_dict({k[7:]: v.float() for k, v in half.items()})
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), rounded(x), atol=1e-6)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ClipWeightsError, match="junk.pt: cannot read CLIP weights"):
+        FeatureExtractor("clip-vit-b32", weights_path=tmp_path / "junk.pt")
+    torch.save({"attnpool.c_proj.weight": torch.zeros(2, 2)}, tmp_path / "rn50.pt")
+    with pytest.raises(ClipWeightsError, match="rn50.pt: a ResNet CLIP"):
+        load_clip_visual(tmp_path / "rn50.pt")
+    state = {k: v for k, v in visual.state_dict().items() if "resblocks.1." not in k}
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ClipWeightsError, match="odd.pt: not an OpenAI-layout"):
+        load_clip_visual(tmp_path / "odd.pt")
+
+
+def test_clip_preprocessing_is_dp2s():
+    import torchvision.transforms as T
+
+    from triagan_model.metrics.fid import (
+        _OPENAI_MEAN,
+        _OPENAI_STD,
+        clip_preprocess_antialias,
+        clip_preprocess_dp2,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 288, 160, generator=gen) * 2.2 - 1.1  # some values outside [-1, 1]
+    x[:, :, 100:140, 40:80], x[:, :, 140:, 40:80] = 1.0, -1.0  # hard edges: bicubic overshoots
+    # DP2: dp2.utils.denormalize_img, then torchvision Resize((224, 224), BICUBIC) + Normalize
+    # (torchvision 0.14, DP2's Docker image, does not antialias tensors)
+    dp2 = torch.round(torch.clamp(x * 0.5 + 0.5, 0, 1) * 255) / 255
+    dp2 = T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC, antialias=False)(dp2)
+    dp2 = T.Normalize(_OPENAI_MEAN, _OPENAI_STD)(dp2)
+    ours = clip_preprocess_dp2(x)
+    assert torch.allclose(ours, dp2, atol=1e-6, rtol=0)
+    lowest = (0 - torch.tensor(_OPENAI_MEAN)) / torch.tensor(_OPENAI_STD)
+    assert (ours.amin(dim=(0, 2, 3)) < lowest - 0.01).all()  # no clamp after the resize
+    level = torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1  # on the 1/255 grid
+    assert torch.equal(clip_preprocess_dp2(level + 0.4 / 127.5), clip_preprocess_dp2(level))
+    old = clip_preprocess_antialias(x)
+    assert old.shape == ours.shape and (old - ours).abs().max() > 0.05
 
 
 # --- OKS ------------------------------------------------------------------------------------

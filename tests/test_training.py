@@ -4,6 +4,7 @@ augmentation, checkpoint format, loader resume position, and a two-process gloo 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -21,7 +22,14 @@ from triagan_model.configs import EMAConfig, load_config
 from triagan_model.training import checkpoint, loop
 from triagan_model.training.augment import blur, blur_sigma, color, cutout, stage_blur_fade_kimg
 from triagan_model.training.ema import make_ema, update_ema
-from triagan_model.training.losses import g_loss, hinge_d_loss, masked_hinge_d_loss
+from triagan_model.training.losses import (
+    HingeLoss,
+    MaskedHingeLoss,
+    build_loss,
+    g_terms,
+    hinge_d_terms,
+    masked_hinge_d_terms,
+)
 from triagan_model.training.options import TrainOptions, plan_batch
 
 # A tiny progressive config: narrow G (w 64), one tiny CNN feature network, masked hinge.
@@ -152,11 +160,11 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_restart(tmp_path):
 
 
 def test_ema_beta_and_update_by_hand():
-    ema = EMAConfig(beta=0.9976, rampup=0.05)
+    ema = EMAConfig(rule="seed", beta=0.9976, rampup=0.05)
     assert ema.beta_at(0, 4) == 0.0  # the first step copies G
     assert ema.beta_at(1000, 4) == pytest.approx(0.5 ** (4 / 50))  # half-life 5 % of 1000
     assert ema.beta_at(10**9, 4) == pytest.approx(0.9976)  # steady state: the seed's per step
-    assert EMAConfig(rampup=None).beta_at(0, 64) == pytest.approx(0.9976)
+    assert EMAConfig(rule="seed", rampup=None).beta_at(0, 64) == pytest.approx(0.9976)
     g = torch.nn.Linear(3, 2)
     g.register_buffer("w_avg", torch.zeros(2))
     e = make_ema(g)
@@ -169,28 +177,119 @@ def test_ema_beta_and_update_by_hand():
     assert not any(p.requires_grad for p in e.parameters())
 
 
+@pytest.mark.parametrize("batch", [4, 128, 512, 1024])
+def test_ema_default_is_deepprivacy2s_half_life_rule(batch):
+    """DP2 (dp2/utils/ema.py): y = min(batch * 10 / 32 * 1000, nimg * rampup), beta =
+    0.5 ** (batch / max(y, 1e-8)); written out here from that description, compared exactly."""
+    ema = EMAConfig()
+    for nimg in (0, batch, 10 * batch, 5000 * batch, 10**9):
+        y = min(batch * 10 / 32 * 1000, nimg * 0.05)
+        assert ema.beta_at(nimg, batch) == 0.5 ** (batch / max(y, 1e-8)), nimg
+    assert ema.beta_at(10**12, batch) == pytest.approx(0.997784, abs=5e-7)  # 312.5 steps
+    seed = EMAConfig(rule="seed").beta_at(10**12, batch)
+    assert math.log(0.5) / math.log(seed) == pytest.approx(288.5, abs=0.05)  # the seed's
+    cfg = load_config("A-tiny", warn_tiny=False)
+    for section, bad in (("ema", EMAConfig(rule="dp2")), ("augment", {"blur_border": "reflect"}),
+                         ("loss", {"masked_hinge_norm": "mean"})):  # fmt: skip
+        if isinstance(bad, dict):
+            bad = dataclasses.replace(getattr(cfg, section), **bad)
+        with pytest.raises(ValueError, match=f"unknown {section}"):
+            dataclasses.replace(cfg, **{section: bad})
+
+
+def _grouped(seed: int, groups=(2, 1)) -> list[list[torch.Tensor]]:
+    """Random logits grouped as D returns them: per feature network, maps of 4x2 then 2x1."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = ((4, 2), (2, 1))
+    return [[torch.randn(2, 1, *shapes[i % 2], generator=gen) for i in range(n)] for n in groups]
+
+
+def _dp2_masked_hinge(real, fake, mask):
+    """DeepPrivacy2's masked_hinge_D_loss as its code reads: N_real = positions - N_fake, and the
+    4th term divided by N_real. Written here from that description, not shared with the code."""
+    real_loss = fake_loss = 0.0
+    for r_maps, f_maps in zip(real, fake, strict=True):
+        fake_px = [torch.nn.functional.adaptive_max_pool2d(1 - mask, m.shape[-2:]) for m in f_maps]
+        n_fake = sum(p.sum() for p in fake_px)
+        n_real = sum(m.numel() for m in f_maps) - n_fake
+        for rl, fl, fp in zip(r_maps, f_maps, fake_px, strict=True):
+            rp = 1 - fp
+            fake_loss = fake_loss + ((1 + fl) * fp).relu().sum() / n_fake
+            real_loss = real_loss + ((1 - fl) * rp).relu().sum() / n_real / 2
+            real_loss = real_loss + ((1 - rl) * rp).relu().sum() / n_real / 2
+            real_loss = real_loss + ((1 - rl) * fp).relu().sum() / n_real
+    return real_loss, fake_loss
+
+
 def test_losses_by_hand():
-    torch.manual_seed(0)
-    real = [torch.randn(2, 1, 4, 2), torch.randn(2, 1, 2, 1)]
-    fake = [torch.randn(2, 1, 4, 2), torch.randn(2, 1, 2, 1)]
-    r, f = hinge_d_loss(real, fake, [2])
+    real, fake = _grouped(0, groups=(2,)), _grouped(1, groups=(2,))
+    r, f = hinge_d_terms(real, fake)
     cat = lambda ms: torch.cat([m.flatten(1) for m in ms], 1)  # noqa: E731
-    assert torch.allclose(r, (1 - cat(real)).relu().mean())
-    assert torch.allclose(f, (1 + cat(fake)).relu().mean())
-    assert torch.allclose(g_loss(fake, [1, 1]), -fake[0].mean() - fake[1].mean())
-    # All unknown: masked hinge = hinge. All known: generated images are "real" everywhere.
-    mr, mf = masked_hinge_d_loss(real, fake, torch.zeros(2, 1, 8, 4), [2])
+    assert torch.allclose(r, (1 - cat(real[0])).relu().mean())
+    assert torch.allclose(f, (1 + cat(fake[0])).relu().mean())
+    split = [[fake[0][0]], [fake[0][1]]]  # two feature networks: one term each, summed
+    assert torch.allclose(g_terms(split), -fake[0][0].mean() - fake[0][1].mean())
+    # All unknown: masked hinge = hinge with the own-positions divisor; the reference's divides
+    # by N_r = 0 (DP2: inf), clamped to 1 here, so its 4th term is an unnormalised sum.
+    mr, mf = masked_hinge_d_terms(real, fake, torch.zeros(2, 1, 8, 4), "own-positions")
     assert torch.allclose(mr, r) and torch.allclose(mf, f)
-    mr, mf = masked_hinge_d_loss(real, fake, torch.ones(2, 1, 8, 4), [2])
-    want = ((1 - cat(fake)).relu().mean() + (1 - cat(real)).relu().mean()) / 2
-    assert mf == 0 and torch.allclose(mr, want)
+    mr, mf = masked_hinge_d_terms(real, fake, torch.zeros(2, 1, 8, 4))
+    assert torch.allclose(mr, (1 - cat(real[0])).relu().sum()) and torch.allclose(mf, f)
+    for norm in ("reference", "own-positions"):
+        # All known: generated images are "real" everywhere.
+        mr, mf = masked_hinge_d_terms(real, fake, torch.ones(2, 1, 8, 4), norm)
+        want = ((1 - cat(fake[0])).relu().mean() + (1 - cat(real[0])).relu().mean()) / 2
+        assert mf == 0 and torch.allclose(mr, want)
     # Left half known: the right half's logits are "generated" (max-pool of 1 - mask).
     mask = torch.ones(2, 1, 8, 4)
     mask[..., 2:] = 0
-    big = [torch.zeros(2, 1, 4, 2)]
-    big[0][..., 1] = 5.0  # confident "real" where the image is generated
-    _, mf = masked_hinge_d_loss(big, big, mask, [1])
+    big = [[torch.zeros(2, 1, 4, 2)]]
+    big[0][0][..., 1] = 5.0  # confident "real" where the image is generated
+    _, mf = masked_hinge_d_terms(big, big, mask)
     assert torch.allclose(mf, torch.tensor(6.0))
+    with pytest.raises(ValueError, match="masked hinge norm"):
+        masked_hinge_d_terms(big, big, mask, "mean")
+
+
+@pytest.mark.parametrize("known", [0.15, 0.5, 0.85])
+def test_masked_hinge_default_is_deepprivacy2s_divisor(known):
+    real, fake = _grouped(2), _grouped(3)
+    gen = torch.Generator().manual_seed(4)
+    mask = (torch.rand(2, 1, 8, 4, generator=gen) < known).float()
+    mask[0, :, :4] = 1.0  # a known band: some logit positions see only known pixels
+    ours = masked_hinge_d_terms(real, fake, mask)
+    dp2 = _dp2_masked_hinge(real, fake, mask)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(ours, dp2, strict=True))
+    own_r, own_f = masked_hinge_d_terms(real, fake, mask, "own-positions")
+    assert torch.equal(own_f, ours[1]) and not torch.allclose(own_r, ours[0])
+
+
+def test_loss_objects_call_d_and_pool_its_groups():
+    from triagan_model.configs import get_config
+    from triagan_model.networks.discriminator import ProjectedDiscriminator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        D = ProjectedDiscriminator(get_config("E-tiny").discriminator).eval()  # 2 networks
+    gen = torch.Generator().manual_seed(5)
+    real, fake = (torch.rand(2, 3, 18, 10, generator=gen) * 2 - 1 for _ in range(2))
+    mask = torch.ones(2, 1, 18, 10)
+    mask[..., 4:14, 3:8] = 0
+    with torch.no_grad():
+        rl, fl = D(real), D(fake)
+        assert len(rl) == 2 and all(len(maps) == 4 for maps in rl)
+        for loss, terms in ((HingeLoss(), hinge_d_terms(rl, fl)),
+                            (MaskedHingeLoss(), masked_hinge_d_terms(rl, fl, mask))):  # fmt: skip
+            d = loss.d_loss(D, real, fake, mask)
+            assert torch.equal(d.real, terms[0]) and torch.equal(d.fake, terms[1])
+            assert torch.equal(d.total, terms[0] + terms[1])
+            every = torch.cat([m.flatten() for maps in fl for m in maps])
+            assert torch.equal(d.fake_score, every.mean())
+            assert torch.equal(loss.g_loss(D, fake), g_terms(fl))
+    assert isinstance(build_loss("hinge"), HingeLoss)
+    assert build_loss("masked-hinge", "own-positions").norm == "own-positions"
+    with pytest.raises(ValueError, match="unknown loss kind"):
+        build_loss("wgan")
 
 
 def test_blur_and_augment():
@@ -199,15 +298,35 @@ def test_blur_and_augment():
     assert stage_blur_fade_kimg(4000, 300_000, tiny=False) == 4000
     assert stage_blur_fade_kimg(4000, 0.5, tiny=True) == pytest.approx(0.04)
     x = torch.full((1, 3, 18, 10), 0.3)
-    assert torch.allclose(blur(x, 4.0), x)  # constant images stay constant (replicate pad)
+    assert torch.allclose(blur(x, 4.0, "replicate"), x)  # constant stays constant (replicate)
     y = torch.randn(2, 3, 18, 10)
     assert torch.equal(blur(y, 0.1), y) and blur(y, 2.0).std() < y.std()
+    with pytest.raises(ValueError, match="blur border"):
+        blur(y, 2.0, "reflect")
     torch.manual_seed(0)
     z = torch.ones(4, 3, 50, 40)
     cut = cutout(z)
     zeros = (cut[:, 0] == 0).flatten(1).sum(1)
     assert torch.all(zeros > 0) and torch.all(zeros <= 10 * 8)
     assert color(y).shape == y.shape
+
+
+@pytest.mark.parametrize(("sigma", "hw"), [(4.0, (18, 10)), (1.3, (36, 20)), (0.7, (72, 40))])
+def test_blur_default_is_deepprivacy2s_zero_padded_filter(sigma, hw):
+    """DP2's blur: taps exp2(-(x / sigma)^2), |x| <= round(3 sigma), normalised, through
+    upfirdn2d.filter2d (zero padding); here the same filter as one 2-D convolution of the
+    outer-product kernel with zero padding, an independent computation."""
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, *hw, generator=gen) * 2 - 1
+    r = int(round(3 * sigma))
+    taps = torch.arange(-r, r + 1).div(sigma).square().neg().exp2()
+    taps = taps / taps.sum()
+    kernel = (taps[:, None] * taps[None, :]).expand(3, 1, 2 * r + 1, 2 * r + 1)
+    want = torch.nn.functional.conv2d(img, kernel, padding=r, groups=3)
+    assert torch.allclose(blur(img, sigma), want, atol=1e-6, rtol=0)
+    zeros = blur(torch.full((1, 3, *hw), 0.6), sigma)
+    assert zeros[..., 0, 0].max() < 0.6 - 0.05  # the border pulled towards grey (0)
+    assert not torch.allclose(blur(img, sigma, "replicate"), want, atol=1e-3)
 
 
 def test_checkpoint_round_trip_and_latest(tmp_path):

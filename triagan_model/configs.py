@@ -101,6 +101,10 @@ class LossConfig:
     # "hinge" (Config A) or "masked-hinge" (B on: generated pixels in the known region count as
     # real for D). G loss: -mean(D logits). No R1, no path-length regulariser.
     kind: str = "masked-hinge"
+    # masked hinge's 4th term (person region of reals) divided by the count of real positions
+    # ("reference", DeepPrivacy2) or of its own, generated, positions ("own-positions", this
+    # project's earlier rule); see training/losses.py
+    masked_hinge_norm: str = "reference"
 
 
 @dataclass(frozen=True)
@@ -115,18 +119,29 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class EMAConfig:
-    """EMA of G's weights: beta per step (seed: 0.9976) with a StyleGAN2-style ramp-up."""
+    """EMA of G's weights per optimiser step, with a StyleGAN2-style ramp-up.
 
-    beta: float = 0.9976
+    ``rule="reference"`` (default): DeepPrivacy2's (``dp2/utils/ema.py``), which produced the
+    paper's models: a half-life of batch * 10/32 kimg, i.e. ``half_life_steps`` = 312.5 steps at
+    any batch, beta = 0.5 ** (1 / 312.5) = 0.997784 per step. ``rule="seed"`` (a named option):
+    the seed's ``beta`` = 0.9976 per step, a half-life of 288.5 steps.
+    """
+
+    rule: str = "reference"
+    half_life_steps: float = 312.5  # rule "reference"
+    beta: float = 0.9976  # rule "seed"
     rampup: float | None = 0.05  # half-life limited to rampup * images seen so far
 
     def beta_at(self, cur_nimg: int, batch: int) -> float:
         """EMA beta for a step of ``batch`` images after ``cur_nimg`` images in the stage.
 
-        The steady-state half-life (in images) is that of ``beta`` per step at this batch; during
-        ramp-up it is capped at ``rampup * cur_nimg`` (as StyleGAN2 and the reference).
+        The steady-state half-life (in images) is ``batch`` times the rule's half-life in steps;
+        during ramp-up it is capped at ``rampup * cur_nimg`` (as StyleGAN2 and the reference).
         """
-        half_life = batch * math.log(0.5) / math.log(self.beta)
+        if self.rule == "reference":
+            half_life = batch * self.half_life_steps
+        else:
+            half_life = batch * math.log(0.5) / math.log(self.beta)
         if self.rampup is not None:
             half_life = min(half_life, cur_nimg * self.rampup)
         return 0.5 ** (batch / max(half_life, 1e-8))
@@ -138,6 +153,7 @@ class AugmentConfig:
     diffaug: tuple[str, ...] = ("color", "cutout")  # differentiable augmentation of D inputs
     blur_init_sigma: float = 4.0  # Gaussian blur on D inputs, fading to 0 ...
     blur_fade_kimg: float = 4000.0  # ... over the first 4M images of each stage
+    blur_border: str = "zeros"  # zero padding as the reference; "replicate": the earlier rule
 
 
 @dataclass(frozen=True)
@@ -158,8 +174,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError(f"config {self.name!r} has no stages")
-        if self.loss.kind not in ("hinge", "masked-hinge"):
-            raise ValueError(f"config {self.name!r}: unknown loss kind {self.loss.kind!r}")
+        choices = {
+            "loss.kind": (self.loss.kind, ("hinge", "masked-hinge")),
+            "loss.masked_hinge_norm": (self.loss.masked_hinge_norm, ("reference", "own-positions")),
+            "ema.rule": (self.ema.rule, ("reference", "seed")),
+            "augment.blur_border": (self.augment.blur_border, ("zeros", "replicate")),
+        }
+        for key, (value, known) in choices.items():
+            if value not in known:
+                raise ValueError(f"config {self.name!r}: unknown {key} {value!r}; known: {known}")
         for s in self.stages:
             if len(s.resolution) != 2 or not s.dim_mults or s.dim_mults[0] != 1:
                 raise ValueError(f"config {self.name!r}: bad stage {s}")

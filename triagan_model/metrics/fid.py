@@ -6,10 +6,16 @@ file name, and the preprocessing from generator space ([-1, 1], any H x W) to it
   inception    torch-fidelity's FeatureExtractorInceptionV3, 2048-d pool features; it takes
                uint8 images and resizes them to 299x299 itself (TF1-compatible bilinear).
                File: weights-inception-2015-12-05-6726825d.pth (torch-fidelity's release).
-  clip-vit-b32 open_clip ViT-B-32 with QuickGELU (OpenAI's weights), 512-d image embeddings of
-               the 224x224 image (bicubic, antialiased resize of the whole crop, no cropping),
-               normalised with OpenAI's mean/std. File: ViT-B-32.pt (OpenAI's release) or an
-               open_clip state dict for that architecture.
+  clip-vit-b32 OpenAI's CLIP ViT-B/32 image tower, 512-d embeddings. File: ViT-B-32.pt (OpenAI's
+               release, a TorchScript archive) or a state dict of that tower
+               (``clip_loader.py``). Preprocessing is DeepPrivacy2's (``dp2/metrics/fid_clip.py``
+               with ``dp2.utils.denormalize_img``, torchvision 0.14 of its Docker image): [-1, 1]
+               -> [0, 1] clamped and quantised to 1/255 (real and generated images alike), bicubic
+               resize of the whole crop to 224x224 without antialiasing and WITHOUT a clamp after
+               it, OpenAI's mean/std.
+  clip-vit-b32-antialias
+               the same network with this project's earlier preprocessing (a named option):
+               antialiased bicubic resize, clamp to [-1, 1] after it, no quantisation.
   test-random  a tiny randomly initialised CNN (fixed seed, no file) so the whole FID path runs
                in tests and CPU smoke runs; its numbers mean nothing.
 Weights are looked up as `weights_path` if given, else $TRIAGAN_WEIGHTS/<file>, else
@@ -37,6 +43,7 @@ from triagan_model.metrics.frechet import FeatureStats, fid_from_stats
 WEIGHTS_ENV = "TRIAGAN_WEIGHTS"
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_SIZE = (224, 224)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -47,10 +54,14 @@ class MissingWeightsError(FileNotFoundError):
 class ExtractorSpec:
     name: str
     builder: Callable[[Path | None], nn.Module]  # weights file (None when weights_file is None)
-    preprocess: Callable[[torch.Tensor], torch.Tensor]  # [-1, 1] float -> network input
+    # [-1, 1] float (B, 3, H, W) -> network input, resizing included
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
     input_size: tuple[int, int] | None  # (H, W) fed to the network; None = network resizes
     weights_file: str | None
     dim: int
+    # names the preprocessing in the real-statistics cache file, so statistics computed with an
+    # earlier preprocessing under the same extractor name are never reused
+    preprocessing: str = ""
 
 
 _REGISTRY: dict[str, ExtractorSpec] = {}
@@ -112,16 +123,14 @@ class FeatureExtractor:
         weights = resolve_weights(self.spec, weights_path)
         # the real statistics' cache key: other weights must never reuse them
         self.weights_sha256 = file_sha256(weights) if weights is not None else "none"
+        prep = self.spec.preprocessing
+        self.cache_name = f"{name}.{prep}" if prep else name
         self.net = _Frozen(self.spec.builder(weights))
         self.net.to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32)
-        if self.spec.input_size is not None and tuple(x.shape[-2:]) != self.spec.input_size:
-            x = F.interpolate(x, size=self.spec.input_size, mode="bicubic", align_corners=False,
-                              antialias=True)  # fmt: skip
-        feats = self.net(self.spec.preprocess(x.clamp(-1, 1)))
+        feats = self.net(self.spec.preprocess(images.to(self.device, torch.float32)))
         if isinstance(feats, tuple | list):
             feats = feats[0]
         return feats.reshape(feats.shape[0], -1).float()
@@ -143,16 +152,32 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _build_clip(path: Path | None) -> nn.Module:
-    import open_clip
+    from triagan_model.metrics.clip_loader import load_clip_visual
 
-    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=str(path), device="cpu")
-    return model.visual  # the image tower alone; forward() gives the projected embedding
+    return load_clip_visual(path)  # forward() gives the projected embedding
 
 
-def _clip_preprocess(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(_OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(_OPENAI_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x + 1.0) / 2.0 - mean) / std
+def _clip_normalise(x01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(_OPENAI_MEAN, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(_OPENAI_STD, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def clip_preprocess_dp2(x: torch.Tensor) -> torch.Tensor:
+    """DeepPrivacy2's FID_CLIP input: quantise to 1/255, bicubic 224x224 (no antialias, no clamp
+    after it: bicubic overshoot stays), OpenAI's mean/std."""
+    x01 = torch.round((x * 0.5 + 0.5).float().clamp(0, 1) * 255) / 255  # dp2 denormalize_img
+    if tuple(x01.shape[-2:]) != CLIP_SIZE:
+        # torchvision 0.14's Resize on a float tensor: interpolate(bicubic, align_corners=False)
+        x01 = F.interpolate(x01, size=CLIP_SIZE, mode="bicubic", align_corners=False)
+    return _clip_normalise(x01)
+
+
+def clip_preprocess_antialias(x: torch.Tensor) -> torch.Tensor:
+    """The project's earlier FID_CLIP input: antialiased bicubic, clamped, not quantised."""
+    if tuple(x.shape[-2:]) != CLIP_SIZE:
+        x = F.interpolate(x, size=CLIP_SIZE, mode="bicubic", align_corners=False, antialias=True)
+    return _clip_normalise((x.clamp(-1, 1) + 1.0) / 2.0)
 
 
 def _build_test_random(path: Path | None) -> nn.Module:
@@ -170,9 +195,12 @@ def _build_test_random(path: Path | None) -> nn.Module:
 
 register_extractor(ExtractorSpec("inception", _build_inception, _to_uint8, None,
                                  "weights-inception-2015-12-05-6726825d.pth", 2048))  # fmt: skip
-register_extractor(ExtractorSpec("clip-vit-b32", _build_clip, _clip_preprocess, (224, 224),
-                                 "ViT-B-32.pt", 512))  # fmt: skip
-register_extractor(ExtractorSpec("test-random", _build_test_random, lambda x: x, None, None, 64))
+register_extractor(ExtractorSpec("clip-vit-b32", _build_clip, clip_preprocess_dp2, CLIP_SIZE,
+                                 "ViT-B-32.pt", 512, preprocessing="dp2"))  # fmt: skip
+register_extractor(ExtractorSpec("clip-vit-b32-antialias", _build_clip, clip_preprocess_antialias,
+                                 CLIP_SIZE, "ViT-B-32.pt", 512))  # fmt: skip
+register_extractor(ExtractorSpec("test-random", _build_test_random, lambda x: x.clamp(-1, 1), None,
+                                 None, 64))  # fmt: skip
 
 
 # --- statistics and the evaluation loop ----------------------------------------------------
@@ -272,7 +300,7 @@ def evaluate_fid(
     sha = manifest_sha256(manifest_path)
     cache = {}
     if cache_dir is not None:
-        cache = {ex.name: stats_cache_path(cache_dir, sha, ex.name, resolution, max_samples,
+        cache = {ex.name: stats_cache_path(cache_dir, sha, ex.cache_name, resolution, max_samples,
                                            ex.weights_sha256)
                  for ex in extractors}  # fmt: skip
     real = {ex.name: _load_cached(cache[ex.name], sha, ex.name) if cache else None

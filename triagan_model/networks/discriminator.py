@@ -104,11 +104,12 @@ def _stable_seed(seed: int, name: str) -> int:
 
 
 class ProjectedDiscriminator(nn.Module):
-    """``forward(img)`` with ``img`` in [-1, 1] -> list of logit maps (B, 1, h, w).
+    """``forward(img)`` with ``img`` in [-1, 1] -> logit maps (B, 1, h, w) grouped by network.
 
-    Order: feature network by feature network (config order), finest map first, 4 per network.
-    ``augment`` (e.g. DiffAugment colour + cutout) is applied per feature network to the
-    normalised image, before resizing, as the reference.
+    One list per feature network (config order), its 4 maps finest first: the reference's
+    ``dict(logits=...)`` grouping, which the losses pool over (``training/losses.py``), so no
+    caller rebuilds the groups. ``augment`` (e.g. DiffAugment colour + cutout) is applied per
+    feature network to the normalised image, before resizing, as the reference.
     """
 
     def __init__(
@@ -173,10 +174,10 @@ class ProjectedDiscriminator(nn.Module):
 
     def forward(
         self, img: torch.Tensor, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> list[torch.Tensor]:
+    ) -> list[list[torch.Tensor]]:
         img01 = (img + 1) / 2
         logits = []
         for name, fnet in self._frozen.items():
             feats = fnet(img01, augment)
-            logits += [head(f) for head, f in zip(self.heads[name], feats, strict=True)]
+            logits.append([head(f) for head, f in zip(self.heads[name], feats, strict=True)])
         return logits

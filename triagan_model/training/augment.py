@@ -2,9 +2,13 @@
 "Discriminator", last bullet).
 
 Blur: the reference's (StyleGAN3's) filter, taps exp2(-(x / sigma)^2) for |x| <= round(3 sigma),
-normalised, applied separably to real and generated images alike; sigma fades linearly from
-``blur_init_sigma`` to 0 over the first ``fade_kimg`` of each stage. Borders are replicated (the
-reference pads with zeros, which greys the border of small stages).
+normalised, applied separably (along x, then y) to real and generated images alike; sigma
+fades linearly from ``blur_init_sigma`` to 0 over the first ``fade_kimg`` of each stage. The
+border is zero-padded by default (``border="zeros"``), as the reference (DeepPrivacy2's ``blur``
+calls StyleGAN3's ``upfirdn2d.filter2d``, which pads with zeros, on the [-1, 1] image): a band
+of round(3 sigma) pixels at the edges is pulled towards grey (0), most at the small stages.
+``border="replicate"`` (this project's earlier rule, a named option) repeats the edge pixels
+instead, keeping a constant image constant.
 
 DiffAugment (Zhao et al. 2020) colour and cutout, applied per feature network to its normalised
 input by ``ProjectedDiscriminator.forward(img, augment=...)``, as Projected GAN and the
@@ -31,8 +35,13 @@ def blur_sigma(cur_nimg: int, init_sigma: float, fade_kimg: float) -> float:
     return init_sigma * max(0.0, 1.0 - cur_nimg / (fade_kimg * 1000))
 
 
-def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+BLUR_BORDERS = ("zeros", "replicate")
+
+
+def blur(img: torch.Tensor, sigma: float, border: str = "zeros") -> torch.Tensor:
     """Separable Gaussian-like blur (the reference's taps); identity when round(3 sigma) == 0."""
+    if border not in BLUR_BORDERS:
+        raise ValueError(f"unknown blur border {border!r}; known: {BLUR_BORDERS}")
     radius = int(round(sigma * 3))
     if radius == 0:
         return img
@@ -40,7 +49,8 @@ def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     taps = (x / sigma).square().neg().exp2()
     taps = (taps / taps.sum()).to(img.dtype)
     c = img.shape[1]
-    out = F.pad(img, (radius, radius, radius, radius), mode="replicate")
+    mode = "constant" if border == "zeros" else "replicate"
+    out = F.pad(img, (radius, radius, radius, radius), mode=mode)
     out = F.conv2d(out, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(out, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 

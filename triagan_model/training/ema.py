@@ -2,11 +2,11 @@
 
 Per step of ``batch`` images taken after ``cur_nimg`` images of the stage, every parameter does
     ema <- beta * ema + (1 - beta) * param,
-    beta = 0.5 ** (batch / half_life),  half_life = min(batch * ln 0.5 / ln beta_seed,
-                                                         rampup * cur_nimg)
-(``EMAConfig.beta_at``): the seed's 0.9976 per step in steady state, with StyleGAN2's ramp-up
-(half-life capped at 5 % of the images seen, so the first step copies G: beta = 0). Buffers
-(``w_avg``, constant noise) are copied, as StyleGAN2.
+    beta = 0.5 ** (batch / half_life),  half_life = min(batch * S, rampup * cur_nimg)
+(``EMAConfig.beta_at``) with S the steady-state half-life in steps: DeepPrivacy2's 312.5 by
+default (beta 0.997784 per step), or the seed's 0.9976 per step (S = 288.5) with
+``rule="seed"``; StyleGAN2's ramp-up caps the half-life at 5 % of the images seen, so the first
+step copies G (beta = 0). Buffers (``w_avg``, constant noise) are copied, as StyleGAN2.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Per stage: G starts from the previous stage's EMA generator (tensors loaded by name and shape,
 the new top level left freshly initialised, nothing frozen) and D starts fresh. One optimiser
-step sees ``stage.batch`` images: a D phase (hinge or masked hinge on real vs generated
-images), then a G phase (-mean D logits) on the same real batches with new latents, each with
-gradient accumulation over ``accum`` micro-batches and gradients averaged over ranks; then the
-EMA update. D sees blurred (fading) and DiffAugmented images. Rerunning the same command resumes
+step sees ``stage.batch`` images: a D phase (the config's loss object, ``training/losses.py``:
+hinge or masked hinge on real vs generated images), then a G phase (-mean D logits) on the same
+real batches with new latents, each with gradient accumulation over ``accum`` micro-batches
+and gradients averaged over ranks; then the EMA update. D sees blurred (fading) and
+DiffAugmented images. Rerunning the same command resumes
 from the newest checkpoint of the first unfinished stage, bit for bit on a deterministic device.
 """
 
@@ -29,7 +30,7 @@ from triagan_model.training import checkpoint, distributed, rundir, seeding
 from triagan_model.training import stats as stats_mod
 from triagan_model.training.augment import blur, blur_sigma, diff_augment, stage_blur_fade_kimg
 from triagan_model.training.ema import make_ema, update_ema
-from triagan_model.training.losses import d_loss, g_loss
+from triagan_model.training.losses import build_loss
 from triagan_model.training.options import BatchPlan, TrainOptions, plan_batch
 from triagan_model.training.plots import save_grid, save_loss_plot
 from triagan_model.weights import load_matching, read_weights_dir, save_generator
@@ -49,7 +50,6 @@ class Nets:
     G_ema: TriaGANGenerator
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
-    groups: list[int]  # D logit maps per feature network
 
 
 class SliceBudget:
@@ -118,9 +118,8 @@ def build_nets(
     def adam(params, o):
         return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
-    groups = [len(D.heads[n]) for n in cfg.discriminator.feature_networks]
     return Nets(G, D, G_ema, adam(G.parameters(), cfg.g_optim),
-                adam(list(D.trainable_parameters()), cfg.d_optim), groups)  # fmt: skip
+                adam(list(D.trainable_parameters()), cfg.d_optim))  # fmt: skip
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -146,26 +145,28 @@ def train_step(
     autocast,
 ) -> dict[str, float]:
     """One optimiser step of D then G over ``batches`` (the accumulation micro-batches)."""
-    cfg, G, D = opts.config, nets.G, nets.D
+    cfg, G = opts.config, nets.G
     accum = len(batches)
     conds = [_condition(b, G.cfg) for b in batches]
+    loss_fn = build_loss(cfg.loss.kind, cfg.loss.masked_hinge_norm)
+
+    def D(img: torch.Tensor) -> list[list[torch.Tensor]]:  # what D sees: blurred, augmented
+        return nets.D(blur(img, sigma, cfg.augment.blur_border), augment)
+
     out: dict[str, float] = {}
     # D phase: real vs generated (G frozen, w_avg tracked as in the reference's D step).
-    d_params = list(D.trainable_parameters())
+    d_params = list(nets.D.trainable_parameters())
     nets.d_opt.zero_grad(set_to_none=True)
     for b, cond in zip(batches, conds, strict=True):
         with autocast():
             with torch.no_grad():
                 fake = G(cond, update_w_avg=True)["img"]
-            real_logits = D(blur(b["img"], sigma), augment)
-            fake_logits = D(blur(fake, sigma), augment)
-            l_real, l_fake = d_loss(cfg.loss.kind, real_logits, fake_logits, b["mask"],
-                                    nets.groups)  # fmt: skip
-        ((l_real + l_fake) / accum).backward()
-        _add(out, "loss/D_real", l_real, accum)
-        _add(out, "loss/D_fake", l_fake, accum)
-        _add(out, "scores/real", torch.cat([r.flatten() for r in real_logits]).mean(), accum)
-        _add(out, "scores/fake", torch.cat([f.flatten() for f in fake_logits]).mean(), accum)
+            d = loss_fn.d_loss(D, b["img"], fake, b["mask"])
+        (d.total / accum).backward()
+        _add(out, "loss/D_real", d.real, accum)
+        _add(out, "loss/D_fake", d.fake, accum)
+        _add(out, "scores/real", d.real_score, accum)
+        _add(out, "scores/fake", d.fake_score, accum)
     distributed.average_gradients(d_params, info)
     nets.d_opt.step()
     # G phase: fool D (D's heads frozen for this phase; gradients flow through D to G).
@@ -175,7 +176,7 @@ def train_step(
     for cond in conds:
         with autocast():
             fake = G(cond)["img"]
-            loss = g_loss(D(blur(fake, sigma), augment), nets.groups)
+            loss = loss_fn.g_loss(D, fake)
         (loss / accum).backward()
         _add(out, "loss/G", loss, accum)
     for p in d_params:
@@ -183,7 +184,7 @@ def train_step(
     distributed.average_gradients(list(G.parameters()), info)
     nets.g_opt.step()
     distributed.average_buffers(G, info)
-    distributed.average_buffers(D, info)
+    distributed.average_buffers(nets.D, info)
     out["loss/D"] = out["loss/D_real"] + out["loss/D_fake"]
     bad = [k for k, v in out.items() if not np.isfinite(v)]
     if bad:
