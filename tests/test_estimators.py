@@ -250,6 +250,7 @@ def test_estimate_command(tiny_vitpose, tmp_path):
     np.testing.assert_allclose(pred.get("12"), expect[1], atol=1e-3)
     meta = json.loads(out.with_name("pred.json.meta.json").read_text())
     assert meta["errors"]["failed"] == 1 and meta["weights_sha256"] == est.weights_sha256
+    assert meta["provenance"]["decoding"] == "vitpose" and meta["provenance"]["frame"] == "official"
     assert main([*args, "--checkpoint-sha256", "0" * 64]) == 2
 
 

@@ -135,17 +135,30 @@ def warp_crop_cv2(image: np.ndarray, m: np.ndarray, size=(INPUT_W, INPUT_H)) -> 
     x0 = np.rint((a[1] * ys + a[2]) * scale).astype(np.int64) + round_delta
     y0 = np.rint((a[4] * ys + a[5]) * scale).astype(np.int64) + round_delta
     shift = _AB_BITS - _INTER_BITS
-    fx_all = (x0[:, None] + adelta[None, :]) >> shift
-    fy_all = (y0[:, None] + bdelta[None, :]) >> shift
+    if a[1] == 0 and a[3] == 0:  # no rotation (always, at test time): x by column, y by row
+        fx_all = ((x0[:1] + adelta) >> shift)[None, :]
+        fy_all = ((y0 + bdelta[:1]) >> shift)[:, None]
+    else:
+        fx_all = (x0[:, None] + adelta[None, :]) >> shift
+        fy_all = (y0[:, None] + bdelta[None, :]) >> shift
     sx, sy = fx_all >> _INTER_BITS, fy_all >> _INTER_BITS
-    fx, fy = fx_all & (_TAB - 1), fy_all & (_TAB - 1)
-    h, w = image.shape[:2]
-    acc = np.zeros((out_h, out_w, image.shape[2]), dtype=np.int64)
+    fx, fy = (fx_all & (_TAB - 1)).astype(np.int32), (fy_all & (_TAB - 1)).astype(np.int32)
+    h, w, c = image.shape
+    # a C-contiguous frame is read as a (H*W, C) view: np.take by pixel is ~3x faster than 3-d
+    # fancy indexing; anything else (a strided view) is indexed in place, never copied
+    flat = image.reshape(h * w, c) if image.flags.c_contiguous else None
+    acc = np.zeros((out_h, out_w, c), dtype=np.int32)  # <= 255 * 1024
     for dy, wy in ((0, _TAB - fy), (1, fy)):
+        py = sy + dy
         for dx, wx in ((0, _TAB - fx), (1, fx)):
-            px, py = sx + dx, sy + dy
+            px = sx + dx
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-            vals = image[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)].astype(np.int64)
+            cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+            if flat is not None:
+                idx = np.broadcast_to(cy * w + cx, (out_h, out_w)).ravel()
+                vals = np.take(flat, idx, axis=0).reshape(out_h, out_w, c)
+            else:
+                vals = image[cy, cx]
             acc += vals * (wy * wx * inside)[..., None]
     half = 1 << (2 * _INTER_BITS - 1)
     return np.clip((acc + half) >> (2 * _INTER_BITS), 0, 255).astype(np.uint8)
