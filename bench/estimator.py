@@ -16,6 +16,7 @@ copying the frame per person as `estimate` on stacked copies needs (peak traced 
 
     python bench/estimator.py                                   # ViTPose-B, CPU, 64 images
     python bench/estimator.py --stages-only                     # the model-free stages only
+    python bench/estimator.py --reference   # each decoding/crop against the official vectors
     python bench/estimator.py --variant huge --device cuda --batch 64 --images 2048 --workers 8
 """
 
@@ -129,6 +130,31 @@ def stage_rates(repeat: int = 40) -> list[tuple[str, str]]:
     return rows
 
 
+def reference_table() -> list[tuple[str, str]]:
+    """Each decoding mode and crop against shared/data/vitpose_reference_vectors.npz (the
+    official ViTPose code's numbers): max |error| in image px by kind of heatmap."""
+    from fdhclean.estimators import decoding, topdown
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    d = np.load(path / "vitpose_reference_vectors.npz")
+    metas = np.concatenate([d["center"], d["scale"]], 1)
+    avg = (d["heatmaps"] + topdown.unflip_heatmaps(d["heatmaps_flipped"])) * np.float32(0.5)
+    flags, positive = d["map_flags"], d["scores"] > 0
+    kinds = {"plain": flags == 0, "border": (flags & 1) > 0, "low": ((flags & 2) > 0) & positive}
+    kinds |= {"all max > 0": positive, "all": flags >= 0}
+    rows = []
+    for mode in decoding.DECODINGS:
+        err = np.abs(decoding.decode(avg, metas, mode)[..., :2] - d["keypoints"]).max(-1)
+        figures = ", ".join(f"{k} {err[m].max():.4g}" for k, m in kinds.items())
+        rows.append((f"decoding {mode} (flip test), max px", figures))
+    for method in ("cv2", "scipy"):
+        diffs = [np.abs(topdown.crop(d["images"][d["image_index"][n]], metas[n], method)
+                        .astype(int) - d["crops"][n]) for n in range(len(metas))]  # fmt: skip
+        rows.append((f"crop {method}, grey levels",
+                     f"mean {np.mean(diffs):.3f}, max {np.max(diffs)}"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="base")
@@ -142,7 +168,12 @@ def main() -> None:
         help="crop/decode processes (0 on a 2-core CPU, 8+ on a GPU node)",
     )
     parser.add_argument("--stages-only", action="store_true", help="skip the model runs")
+    parser.add_argument("--reference", action="store_true", help="only the official-vector table")
     args = parser.parse_args()
+    if args.reference:
+        for name, figure in reference_table():
+            print(f"{name:40s} {figure}")
+        return
     if args.stages_only:
         for name, figure in stage_rates():
             print(f"{name:48s} {figure}")
