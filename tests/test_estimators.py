@@ -147,6 +147,12 @@ def test_missing_checkpoint_and_sha256(tiny_vitpose, tmp_path):
     assert _build(path, checkpoint_sha256=good.upper()).weights_sha256 == good
     with pytest.raises(ValueError, match="unknown estimator"):
         build_estimator("vitpose-xl", checkpoint=path)
+    cut = tmp_path / "cut"  # truncated weights: a message naming the directory, no traceback
+    cut.mkdir()
+    (cut / "config.json").write_bytes((path / "config.json").read_bytes())
+    (cut / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:3000])
+    with pytest.raises(ValueError, match=f"{cut}: not a loadable transformers ViTPose"):
+        _build(cut)
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -105,9 +105,17 @@ class VitPoseHF:
         import torch
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from safetensors import SafetensorError
         from transformers import VitPoseForPoseEstimation
 
-        model = VitPoseForPoseEstimation.from_pretrained(path, local_files_only=True)
+        try:
+            model = VitPoseForPoseEstimation.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+            cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"{path}: not a loadable transformers ViTPose checkpoint ({cause}); convert the "
+                "official .pth again with `fdhclean convert-vitpose`"
+            ) from None
         if model.config.num_labels != fdh.NUM_KEYPOINTS:
             raise ValueError(
                 f"{path}: the model predicts {model.config.num_labels} keypoints, "
