@@ -62,8 +62,8 @@ def test_batched_equals_inference_topdown(random_checkpoint):
     for i in range(len(BOXES)):
         ref = inference_topdown(est.model, images[i][..., ::-1].copy(),
                                 mmpose_boxes(BOXES[i : i + 1]), bbox_format="xyxy")[0]  # fmt: skip
-        np.testing.assert_allclose(ours[i, :, :2], ref.pred_instances.keypoints[0],
-                                   atol=1e-3)  # fmt: skip  (frame "official": no shift)
+        # frame "official": keypoints exactly as mmpose gives them (no shift)
+        np.testing.assert_allclose(ours[i, :, :2], ref.pred_instances.keypoints[0], atol=1e-3)
         np.testing.assert_allclose(ours[i, :, 2], ref.pred_instances.keypoint_scores[0], atol=1e-5)
 
 
