@@ -9,7 +9,14 @@ Prints images/s of each. On CPU the default is ViTPose-B (hidden 768, 12 layers)
 `--variant huge --batch 64` is the paper's ViTPose-H in bf16 (the full 1.83M-image train split
 in well under an hour needs > 510 images/s).
 
+Then the CPU stages without a model (what crop/decode workers do per person): the official
+cv2.warpAffine crop reproduced in numpy vs transformers' scipy crop, the three decodings, and
+`estimate_boxes`-style cropping of P persons from one 1280x720 frame (no frame copy) against
+copying the frame per person as `estimate` on stacked copies needs (peak traced memory).
+
     python bench/estimator.py                                   # ViTPose-B, CPU, 64 images
+    python bench/estimator.py --stages-only                     # the model-free stages only
+    python bench/estimator.py --reference   # each decoding/crop against the official vectors
     python bench/estimator.py --variant huge --device cuda --batch 64 --images 2048 --workers 8
 """
 
@@ -63,7 +70,7 @@ def library_rate(path: Path, items, device: str) -> float:
     proc = VitPoseImageProcessor()
     start = time.perf_counter()
     for _, image, (x0, y0, x1, y1) in items:
-        boxes = [[[x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0]]]
+        boxes = [[[x0, y0, x1 - x0, y1 - y0]]]  # box numbers unchanged (official frame)
         inputs = proc(images=[image], boxes=boxes, return_tensors="pt").to(device)
         with torch.no_grad():
             out = model(**inputs)
@@ -82,6 +89,72 @@ def our_rate(path: Path, items, device: str, batch: int, flip: bool, workers: in
     return len(items) / (time.perf_counter() - start)
 
 
+def _per_call_ms(fn, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return 1e3 * (time.perf_counter() - start) / repeat
+
+
+def stage_rates(repeat: int = 40) -> list[tuple[str, str]]:
+    """Model-free per-person costs and the frame-copy memory of many persons on one frame."""
+    import tracemalloc
+
+    from fdhclean.estimators import decoding, topdown
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    meta = topdown.box_meta(np.array([500.0, 200.0, 640.0, 560.0]))
+    rows = [
+        ("crop, official cv2.warpAffine (numpy)",
+         f"{_per_call_ms(lambda: topdown.crop(frame, meta, 'cv2'), repeat):.2f} ms/person"),
+        ("crop, transformers (scipy)",
+         f"{_per_call_ms(lambda: topdown.crop(frame, meta, 'scipy'), repeat):.2f} ms/person"),
+    ]  # fmt: skip
+    maps = (rng.random((8, 17, 64, 48)) ** 8).astype(np.float32)
+    metas = np.stack([meta] * 8)
+    for mode in decoding.DECODINGS:
+        ms = _per_call_ms(lambda m=mode: decoding.decode(maps, metas, m), repeat // 4) / 8
+        rows.append((f"decode, {mode}", f"{ms:.2f} ms/person"))
+    for persons in (1, 5, 20):
+        boxes = [topdown.box_meta(np.array([40.0 * i, 10.0, 40.0 * i + 120, 330.0]))
+                 for i in range(persons)]  # fmt: skip
+        for label, copies in (("estimate_boxes (one frame)", False), ("stacked copies", True)):
+            tracemalloc.start()
+            stack = np.stack([frame] * persons) if copies else None
+            crops = [topdown.crop(stack[i] if copies else frame, b) for i, b in enumerate(boxes)]
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            del stack, crops
+            rows.append((f"{persons} persons on 1280x720, {label}", f"peak {peak / 2**20:.1f} MiB"))
+    return rows
+
+
+def reference_table() -> list[tuple[str, str]]:
+    """Each decoding mode and crop against shared/data/vitpose_reference_vectors.npz (the
+    official ViTPose code's numbers): max |error| in image px by kind of heatmap."""
+    from fdhclean.estimators import decoding, topdown
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    d = np.load(path / "vitpose_reference_vectors.npz")
+    metas = np.concatenate([d["center"], d["scale"]], 1)
+    avg = (d["heatmaps"] + topdown.unflip_heatmaps(d["heatmaps_flipped"])) * np.float32(0.5)
+    flags, positive = d["map_flags"], d["scores"] > 0
+    kinds = {"plain": flags == 0, "border": (flags & 1) > 0, "low": ((flags & 2) > 0) & positive}
+    kinds |= {"all max > 0": positive, "all": flags >= 0}
+    rows = []
+    for mode in decoding.DECODINGS:
+        err = np.abs(decoding.decode(avg, metas, mode)[..., :2] - d["keypoints"]).max(-1)
+        figures = ", ".join(f"{k} {err[m].max():.4g}" for k, m in kinds.items())
+        rows.append((f"decoding {mode} (flip test), max px", figures))
+    for method in ("cv2", "scipy"):
+        diffs = [np.abs(topdown.crop(d["images"][d["image_index"][n]], metas[n], method)
+                        .astype(int) - d["crops"][n]) for n in range(len(metas))]  # fmt: skip
+        rows.append((f"crop {method}, grey levels",
+                     f"mean {np.mean(diffs):.3f}, max {np.max(diffs)}"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="base")
@@ -94,7 +167,17 @@ def main() -> None:
         default=0,
         help="crop/decode processes (0 on a 2-core CPU, 8+ on a GPU node)",
     )
+    parser.add_argument("--stages-only", action="store_true", help="skip the model runs")
+    parser.add_argument("--reference", action="store_true", help="only the official-vector table")
     args = parser.parse_args()
+    if args.reference:
+        for name, figure in reference_table():
+            print(f"{name:40s} {figure}")
+        return
+    if args.stages_only:
+        for name, figure in stage_rates():
+            print(f"{name:48s} {figure}")
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -119,6 +202,8 @@ def main() -> None:
                 )
         for name, rate in rows:
             print(f"{name:48s} {rate:8.2f} images/s")
+    for name, figure in stage_rates():
+        print(f"{name:48s} {figure}")
 
 
 if __name__ == "__main__":

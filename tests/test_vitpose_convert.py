@@ -7,6 +7,11 @@ mmpose 1.x / mmpretrain: no class-token position), so a mis-mapped tensor cannot
 
 from __future__ import annotations
 
+import os
+import pickle
+import types
+
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -202,5 +207,138 @@ def test_cli_convert(tmp_path):
     assert main(["convert-vitpose", str(tmp_path / "m.pth"), "--out", str(out),
                  "--num-heads", str(HEADS)]) == 0  # fmt: skip
     assert (out / "model.safetensors").is_file()
-    assert main(["convert-vitpose", str(tmp_path / "m.pth"), "--out", str(out),
-                 "--num-heads", str(HEADS)]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "convert-vitpose",
+                str(tmp_path / "m.pth"),
+                "--out",
+                str(out),
+                "--num-heads",
+                str(HEADS),
+            ]
+        )
+        == 2
+    )  # fmt: skip  (non-empty --out: user error)
+
+
+class _NumpyOnePickler(pickle._Pickler):
+    """Pickles numpy globals under numpy 1.x's module path (`numpy.core.multiarray.scalar`),
+    as every mmcv checkpoint written before numpy 2 has them."""
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "") or ""
+        if module.startswith("numpy._core"):
+            module = module.replace("numpy._core", "numpy.core")  # torch.save: protocol 2
+            self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+_NUMPY1 = types.SimpleNamespace(Pickler=_NumpyOnePickler, __name__="numpy1_pickle")
+
+
+def _mmcv_meta() -> dict:
+    """What mmcv's CheckpointHook / EvalHook leave in `meta`: numpy scalars, a dtype, arrays."""
+    return {"epoch": 210, "iter": 123456, "mmcv_version": "1.3.9", "seed": np.int64(0),
+            "hook_msgs": {"best_score": np.float64(0.7718), "best_ckpt": "best_AP_epoch_210.pth",
+                          "last_ckpt": "epoch_210.pth"},
+            "dtype": np.dtype("float32"), "history": np.array([0.5, 0.7])}  # fmt: skip
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy1", "numpy2"])
+def test_meta_with_numpy_scalars_loads_under_weights_only(tmp_path, numpy_names):
+    from fdhclean.estimators.convert import convert_vitpose, load_state_dict
+
+    sd = random_state_dict("vitpose")
+    pth = tmp_path / "mmcv.pth"
+    kwargs = {"pickle_module": _NUMPY1} if numpy_names == "numpy1" else {}
+    torch.save({"state_dict": sd, "meta": _mmcv_meta(), "optimizer": {"state": {}}}, pth, **kwargs)
+    raw = pth.read_bytes()
+    assert (b"numpy.core.multiarray" in raw) == (numpy_names == "numpy1")
+    with pytest.raises(pickle.UnpicklingError):  # plain weights_only refuses this very file
+        torch.load(pth, weights_only=True)
+    assert set(load_state_dict(pth)) == set(sd)
+    conv = convert_vitpose(pth, tmp_path / "hf", num_attention_heads=HEADS)
+    assert conv.layout == "vitpose" and _load(tmp_path / "hf") is not None
+
+
+def _moe(part: int = 8) -> dict:
+    """A ViTPose++ state dict: fc2 gives width - part rows, each expert `part` rows."""
+    sd = random_state_dict("vitpose", seed=3)
+    for i in range(LAYERS):
+        b = f"backbone.blocks.{i}.mlp."
+        sd[b + "fc2.weight"] = sd[b + "fc2.weight"][: C - part].clone()
+        sd[b + "fc2.bias"] = sd[b + "fc2.bias"][: C - part].clone()
+        for e in range(3):
+            sd[b + f"experts.{e}.weight"] = torch.randn(part, MLP * C)
+            sd[b + f"experts.{e}.bias"] = torch.randn(part)
+    return sd
+
+
+def test_model_split_coco_file_converts(tmp_path):
+    """tools/model_split.py's coco.pth: fc2 already concatenated with expert 0, the experts and
+    associate heads still in the file, mmcv meta beside it. Converts to the same weights as the
+    original ViTPose++ file with --expert 0 (the experts are not appended a second time)."""
+    from safetensors.torch import load_file
+
+    from fdhclean.estimators.convert import convert_vitpose
+
+    moe = _moe()
+    torch.save({"state_dict": moe, "meta": _mmcv_meta()}, tmp_path / "plus.pth")
+    split = dict(moe)  # the split script's coco step, as it writes it
+    for key in list(split):
+        if "mlp.fc2" in key:
+            split[key] = torch.cat([split[key], moe[key.replace("fc2.", "experts.0.")]], dim=0)
+    torch.save({"state_dict": split, "meta": _mmcv_meta()}, tmp_path / "coco.pth",
+               pickle_module=_NUMPY1)  # fmt: skip
+    convert_vitpose(tmp_path / "plus.pth", tmp_path / "a", num_attention_heads=HEADS, expert=0)
+    conv = convert_vitpose(tmp_path / "coco.pth", tmp_path / "b", num_attention_heads=HEADS)
+    assert any(".mlp.experts." in k for k in conv.dropped)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    bad = dict(moe)  # fc2 neither split nor whole: a shape error naming the tensor
+    bad["backbone.blocks.0.mlp.experts.0.weight"] = torch.randn(3, MLP * C)
+    bad["backbone.blocks.0.mlp.experts.0.bias"] = torch.randn(3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"bad.pth: .*mlp.fc2.* expected the width"):
+        convert_vitpose(tmp_path / "bad.pth", tmp_path / "c", num_attention_heads=HEADS)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_cli_unpickling_and_shape_errors_exit_2(tmp_path, capsys):
+    from fdhclean.cli import main
+
+    sd = random_state_dict("vitpose")
+    cases = {}
+    torch.save({"state_dict": sd, "meta": {"hook": _RunsCode()}}, tmp_path / "code.pth")
+    cases["code.pth"] = "refused to unpickle"
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": sd}, good)
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["cut.pth"] = "not a readable torch checkpoint"
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    cases["text.pth"] = "not a readable torch checkpoint"
+    wrong = dict(sd)
+    wrong["backbone.blocks.1.attn.qkv.weight"] = torch.zeros(2 * C, C)
+    torch.save(wrong, tmp_path / "qkv.pth")
+    cases["qkv.pth"] = "attn.qkv.weight has shape"
+    wrong = dict(sd)
+    wrong["keypoint_head.deconv_layers.3.weight"] = torch.zeros(256, 128, 4, 4)
+    torch.save(wrong, tmp_path / "head.pth")
+    cases["head.pth"] = "tensor shapes do not fit"
+    for name, message in cases.items():
+        out = tmp_path / f"out-{name}"
+        assert main(["convert-vitpose", str(tmp_path / name), "--out", str(out),
+                     "--num-heads", str(HEADS)]) == 2, name  # fmt: skip
+        err = capsys.readouterr().err
+        assert name in err and message in err and "Traceback" not in err, (name, err)
+        assert not out.exists()

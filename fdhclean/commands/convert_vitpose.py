@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 DESCRIPTION = """\
 Convert an official ViTPose (github.com/ViTAE-Transformer/ViTPose) or mmpose 1.x ViTPose
-checkpoint (.pth, loaded with torch.load(weights_only=True)) into a transformers
+checkpoint (.pth, loaded with torch.load(weights_only=True); numpy scalars and dtypes in mmcv's
+`meta` are allowed by name, nothing that runs code) into a transformers
 VitPoseForPoseEstimation directory (config.json, model.safetensors, preprocessor_config.json)
 that `--estimator vitpose-hf --checkpoint DIR` runs without mmpose. The weights' sha256 is
 printed; pass it as --checkpoint-sha256 to later runs.
@@ -17,7 +19,9 @@ ViTPose-H*, the COCO+AIC+MPII+CrowdPose checkpoint) download the .pth yourself; 
 (keypoint_head) is kept and the other datasets' heads (associate_keypoint_heads.*) are dropped.
 Single-dataset checkpoints (e.g. mmpose's td-hm_ViTPose-huge_8xb64-210e_coco-256x192-*.pth)
 convert the same way. ViTPose++ (mixture-of-experts) checkpoints keep expert --expert (0 = COCO)
-appended to mlp.fc2, as ViTPose's tools/model_split.py does.
+appended to mlp.fc2, as ViTPose's tools/model_split.py does; that script's coco.pth (fc2 already
+concatenated) converts as it is. An unreadable file, a refused pickle or tensors of the wrong
+shape exit 2 with a message naming the file.
 
 example:
   fdhclean convert-vitpose vitpose-h-multi-coco.pth --out weights/vitpose-h-star --variant huge
@@ -56,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             expert=args.expert, overwrite=args.overwrite,
         )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"convert-vitpose: {e}")
-        return 1
+        print(f"convert-vitpose: {e}", file=sys.stderr)
+        return 2  # a user error: the file, the variant or --out
     print(
         f"converted {args.pth} ({conv.layout} layout, width {conv.hidden_size}, "
         f"{conv.num_hidden_layers} layers, {conv.num_attention_heads} heads; "

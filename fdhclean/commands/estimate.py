@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "rank": rank, "world_size": world, "shards": [s.name for s in shards],
         "samples": counts["samples"], "estimated": len(items),
         "errors": {k: counts[k] for k in ("missing-member", "failed", "failed-shards")},
+        "provenance": estimator.provenance(),  # decoding, frame, dtype: the PoseEstimator says
     }  # fmt: skip
     meta_path = out.with_name(out.name + ".meta.json")
     atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())

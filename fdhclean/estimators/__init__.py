@@ -10,40 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
-
+from fdhclean.estimators.protocol import PoseEstimator, TopDownStages
 from fdhclean.estimators.runner import estimate_samples
 
 
-@runtime_checkable
-class PoseEstimator(Protocol):
-    """images uint8 (N, 288, 160, 3) RGB; boxes int (N, 4) x0, y0, x1, y1 (exclusive max);
-    returns float32 (N, 17, 3): x, y in pixels of the image (pixel i covers [i, i+1)), score."""
-
-    name: str
-    weights_sha256: str | None
-
-    def estimate(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray: ...
-
-
-def _build_vitpose_hf(**kwargs) -> PoseEstimator:
+def build_vitpose_hf(checkpoint: str | Path, **kwargs: Any) -> PoseEstimator:
+    """`vitpose-hf` from a local transformers directory; kwargs as `build_estimator`'s
+    (checkpoint_sha256, device, batch_size, flip_test, dtype, decoding, frame).
+    Registered as the `triagan_toolkit.pose_estimators` entry point `vitpose-hf`."""
     from fdhclean.estimators.vitpose_hf import VitPoseHF
 
-    return VitPoseHF(kwargs.pop("checkpoint"), **kwargs)
+    return VitPoseHF(checkpoint, **kwargs)
 
 
-def _build_vitpose_mmpose(**kwargs) -> PoseEstimator:
+def build_vitpose_mmpose(checkpoint: str | Path, **kwargs: Any) -> PoseEstimator:
+    """`vitpose-mmpose` from an mmpose .pth (its own environment); kwargs as
+    `build_estimator`'s (checkpoint_sha256, device, batch_size, flip_test, dtype, config,
+    frame). Registered as the entry point `vitpose-mmpose`."""
     from fdhclean.estimators.mmpose_backend import VitPoseMMPose
 
-    return VitPoseMMPose(kwargs.pop("checkpoint"), **kwargs)
+    return VitPoseMMPose(checkpoint, **kwargs)
 
 
 # The small explicit registry of style.md item 8: name -> builder.
 ESTIMATORS: dict[str, Callable[..., PoseEstimator]] = {
-    "vitpose-hf": _build_vitpose_hf,
-    "vitpose-mmpose": _build_vitpose_mmpose,
+    "vitpose-hf": build_vitpose_hf,
+    "vitpose-mmpose": build_vitpose_mmpose,
 }
 
 
@@ -60,13 +54,13 @@ def build_estimator(
 ) -> PoseEstimator:
     """Build a registered backend from a local checkpoint (its sha256 is always computed).
 
-    `options` go to the backend (e.g. `blur="transformers"` for vitpose-hf, `config=` for
-    vitpose-mmpose).
+    `options` go to the backend (e.g. `decoding="transformers"`, `frame="half-pixel"` for
+    vitpose-hf, `config=` for vitpose-mmpose).
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[name](
-        checkpoint=checkpoint,
+        checkpoint,
         checkpoint_sha256=checkpoint_sha256,
         device=device,
         batch_size=batch_size,
@@ -76,4 +70,12 @@ def build_estimator(
     )
 
 
-__all__ = ["ESTIMATORS", "PoseEstimator", "build_estimator", "estimate_samples"]
+__all__ = [
+    "ESTIMATORS",
+    "PoseEstimator",
+    "TopDownStages",
+    "build_estimator",
+    "build_vitpose_hf",
+    "build_vitpose_mmpose",
+    "estimate_samples",
+]

@@ -9,7 +9,8 @@ Two source layouts are recognised by their key names:
   checkpoints (ViTPose-H*) also hold `associate_keypoint_heads.*` (AIC, MPII, CrowdPose heads):
   dropped, the COCO head is `keypoint_head`. ViTPose++ mixture-of-experts checkpoints hold
   `mlp.experts.E`: expert E (0 = COCO) is appended to `mlp.fc2`, as ViTPose's
-  `tools/model_split.py` does.
+  `tools/model_split.py` does. That script's own `coco.pth` has fc2 already concatenated and
+  keeps the experts: recognised by fc2's row count (= the width), the experts then dropped.
 - mmpose 1.x (mmpretrain VisionTransformer + HeatmapHead): `backbone.patch_embed.projection`,
   `backbone.layers.N.{ln1,attn.qkv,attn.proj,ln2,ffn.layers.0.0,ffn.layers.1}`, `backbone.ln1`,
   `head.deconv_layers.*`, `head.final_layer`; `pos_embed` has no class-token position (a
@@ -21,9 +22,11 @@ position gets a zero row there. The fused `qkv` splits into query/key/value in t
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +65,59 @@ class Conversion:
     out_dir: Path
 
 
+def numpy_safe_globals() -> list[tuple[object, str]]:
+    """The numpy globals mmcv's checkpoint hooks leave in `meta` (numpy scalars, dtypes, small
+    arrays), allowed BY NAME under both numpy 1.x (`numpy.core`) and 2.x (`numpy._core`) module
+    paths. None of them runs code: a scalar is rebuilt from a dtype and raw bytes, an array from
+    a dtype and bytes (object arrays unpickle their items through the same restricted loader)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    allowed: list[tuple[object, str]] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for core in ("numpy.core", "numpy._core"):
+        allowed.append((multiarray.scalar, f"{core}.multiarray.scalar"))
+        allowed.append((multiarray._reconstruct, f"{core}.multiarray._reconstruct"))
+    for name in dir(np.dtypes):  # numpy >= 1.25 may pickle a dtype by its class
+        if name.endswith("DType"):
+            allowed.append((getattr(np.dtypes, name), f"numpy.dtypes.{name}"))
+    return allowed
+
+
+def _load_error(pth: Path, e: BaseException) -> ValueError:
+    """A one-line cause and fix for a checkpoint torch cannot load under weights_only."""
+    text = str(e)
+    if m := re.search(r"GLOBAL ([\w.]+)", text):
+        return ValueError(
+            f"{pth}: refused to unpickle {m[1]} (only tensors, plain containers and numpy "
+            "scalars/arrays load; nothing runs code). Re-save just the weights where the file "
+            "loads: torch.save(torch.load(f, weights_only=False)['state_dict'], 'clean.pth')"
+        )
+    # torch prefixes a generic paragraph; the cause is the last line before its doc pointer
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Check the documentation")]
+    first = lines[-1] if lines else type(e).__name__
+    return ValueError(
+        f"{pth}: not a readable torch checkpoint ({first[:200]}); the file is truncated, "
+        "corrupt or of another format: download it again"
+    )
+
+
 def load_state_dict(pth: str | Path) -> dict:
-    """torch.load(weights_only=True) of a checkpoint; unwraps `state_dict` and `module.`."""
+    """torch.load(weights_only=True) of a checkpoint, numpy `meta` allowed (see
+    `numpy_safe_globals`); unwraps `state_dict` and `module.`. ValueError naming the file when
+    it cannot be loaded."""
     import torch
 
-    obj = torch.load(Path(pth), map_location="cpu", weights_only=True)
+    pth = Path(pth)
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            obj = torch.load(pth, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+            AttributeError, ImportError, TypeError, ValueError) as e:  # fmt: skip
+        raise _load_error(pth, e) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
@@ -103,8 +154,6 @@ def _head_key(rest: str) -> str | None:
 
 
 def _convert_keys(sd: dict, layout: str, hidden: int, expert: int) -> tuple[dict, list[str]]:
-    import torch
-
     block_re = r"backbone\.(blocks|layers)\.(\d+)\.(.+)"
     table = _ORIGINAL_BLOCK if layout == "vitpose" else _MMPOSE_BLOCK
     prefix = "keypoint_head." if layout == "vitpose" else "head."
@@ -119,17 +168,16 @@ def _convert_keys(sd: dict, layout: str, hidden: int, expert: int) -> tuple[dict
             base = f"backbone.encoder.layer.{i}."
             if rest.startswith("attn.qkv."):
                 kind = rest.rsplit(".", 1)[1]
+                if value.shape[0] != 3 * hidden:
+                    shape = tuple(value.shape)
+                    raise ValueError(f"{key} has shape {shape}, expected {3 * hidden} rows")
                 q, k, v = value.split(hidden, dim=0)
                 for name, t in (("query", q), ("key", k), ("value", v)):
                     out[f"{base}attention.attention.{name}.{kind}"] = t.clone()
                 continue
             new = (base + b) if (b := _block_key(rest, table)) else None
-            if rest.startswith("mlp.fc2."):  # ViTPose++: append the chosen expert's rows
-                ex = f"backbone.blocks.{i}.mlp.experts.{expert}.{rest[len('mlp.fc2.') :]}"
-                if ex in sd:
-                    value = torch.cat([value, sd[ex]], dim=0)
-                elif f"backbone.blocks.{i}.mlp.experts.0.{rest[len('mlp.fc2.') :]}" in sd:
-                    raise ValueError(f"--expert {expert}: the checkpoint has no {ex}")
+            if rest.startswith("mlp.fc2."):
+                value = _moe_fc2(sd, key, value, hidden, expert)
         elif key.startswith(prefix):
             new = "head." + h if (h := _head_key(key[len(prefix) :])) else None
         elif key.startswith(("backbone.patch_embed.proj.", "backbone.patch_embed.projection.")):
@@ -146,6 +194,24 @@ def _convert_keys(sd: dict, layout: str, hidden: int, expert: int) -> tuple[dict
         raise ValueError(f"unrecognised checkpoint keys (not converted): {unknown[:8]}"
                          f"{' ...' if len(unknown) > 8 else ''}")  # fmt: skip
     return out, dropped
+
+
+def _moe_fc2(sd: dict, key: str, value, hidden: int, expert: int):
+    """ViTPose++: fc2's rows + the chosen expert's rows = the width. A file whose fc2 already
+    has `hidden` rows (tools/model_split.py's coco.pth) is used as it is."""
+    import torch
+
+    if value.shape[0] == hidden:
+        return value
+    ex = key.replace(".mlp.fc2.", f".mlp.experts.{expert}.")
+    if ex not in sd:
+        if key.replace(".mlp.fc2.", ".mlp.experts.0.") in sd:
+            raise ValueError(f"--expert {expert}: the checkpoint has no {ex}")
+        raise ValueError(f"{key} has {value.shape[0]} output rows, expected the width {hidden}")
+    value = torch.cat([value, sd[ex]], dim=0)
+    if value.shape[0] != hidden:
+        raise ValueError(f"{key} + {ex} give {value.shape[0]} rows, expected the width {hidden}")
+    return value
 
 
 def _fix_pos_embed(sd: dict, layout: str, num_patches: int) -> None:
@@ -218,7 +284,9 @@ def convert_vitpose(
 
     sd = load_state_dict(pth)
     layout = _layout(sd, pth)
-    patch = next(v for k, v in sd.items() if k.startswith("backbone.patch_embed.proj"))
+    patch = next((v for k, v in sd.items() if k.startswith("backbone.patch_embed.proj")), None)
+    if patch is None or patch.ndim != 4:
+        raise ValueError(f"{pth}: no 4-d backbone.patch_embed projection weight")
     hidden = int(patch.shape[0])
     layers = 1 + max(
         int(m[2]) for k in sd if (m := re.match(r"backbone\.(blocks|layers)\.(\d+)\.", k))
@@ -236,12 +304,19 @@ def convert_vitpose(
         if hidden not in by_width:
             raise ValueError(f"{pth}: width {hidden} is no standard variant; give the head count")
         heads = by_width[hidden]
-    converted, dropped = _convert_keys(sd, layout, hidden, expert)
-    fc1 = converted["backbone.encoder.layer.0.mlp.fc1.weight"]
-    config = build_config(hidden, layers, heads, int(fc1.shape[0]) // hidden)
-    _fix_pos_embed(converted, layout, num_patches=(256 // 16) * (192 // 16))
+    try:
+        converted, dropped = _convert_keys(sd, layout, hidden, expert)
+        fc1 = converted["backbone.encoder.layer.0.mlp.fc1.weight"]
+        config = build_config(hidden, layers, heads, int(fc1.shape[0]) // hidden)
+        _fix_pos_embed(converted, layout, num_patches=(256 // 16) * (192 // 16))
+    except (ValueError, KeyError) as e:  # every message names the file
+        raise ValueError(f"{pth}: {e}") from None
     model = VitPoseForPoseEstimation(config).eval()
-    missing, unexpected = model.load_state_dict(converted, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as e:  # size mismatches: name the file and the first tensor
+        cause = str(e).strip()[:300]
+        raise ValueError(f"{pth}: tensor shapes do not fit ViTPose: {cause}") from None
     if missing or unexpected:
         raise ValueError(f"{pth}: conversion incomplete: missing {missing[:8]}, "
                          f"unexpected {unexpected[:8]}")  # fmt: skip

@@ -7,9 +7,9 @@ which writes predictions for the other commands. mmpose is imported lazily.
 Conventions (checked against mmpose 1.x `inference_topdown`, `LoadImage`, `PoseDataPreprocessor`):
 - an ndarray image is used as given and the config's preprocessor converts BGR -> RGB, so the
   RGB image is passed as BGR (as `mmcv.imread` would give it);
-- boxes are xyxy in mmpose's frame (pixel centres on integers): our (x0, y0, x1, y1) with
-  exclusive max becomes (x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5), and 0.5 is added back to the
-  keypoints (see `topdown` for the frames);
+- boxes are xyxy in mmpose's frame (pixel centres on integers): with `frame="official"`
+  (default) box numbers pass unchanged and keypoints come back as mmpose gives them; with
+  `frame="half-pixel"` boxes move by -0.5 and keypoints by +0.5 (see `topdown` for the frames);
 - many images go through one `test_step`, exactly as `inference_topdown` does for the boxes of
   one image (same pipeline, `pseudo_collate`).
 """
@@ -17,10 +17,12 @@ Conventions (checked against mmpose 1.x `inference_topdown`, `LoadImage`, `PoseD
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fdhclean import fdh
+from fdhclean.estimators.topdown import check_image, frame_offset
 from fdhclean.estimators.weights import require_local, verify_sha256
 
 DEFAULT_CONFIG = (
@@ -51,9 +53,9 @@ def bundled_config(name: str = DEFAULT_CONFIG) -> Path:
     return path
 
 
-def mmpose_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Our int (N, 4) exclusive-max boxes -> mmpose xyxy boxes (pixel centres on integers)."""
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.float32(0.5)
+def mmpose_boxes(boxes: np.ndarray, frame: str = "official") -> np.ndarray:
+    """(N, 4) x0, y0, x1, y1 boxes in `frame` -> mmpose xyxy boxes (pixel centres on integers)."""
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.float32(frame_offset(frame))
 
 
 class VitPoseMMPose:
@@ -69,8 +71,11 @@ class VitPoseMMPose:
         flip_test: bool = True,
         dtype: str = "auto",
         config: str | Path | None = None,
+        frame: str = "official",
     ) -> None:
         path = require_local(checkpoint, kind="vitpose-mmpose", directory=False)
+        self.frame = frame
+        frame_offset(frame)  # validates the name
         _, init_model, _ = _import_mmpose()
         import torch
         from mmengine.config import Config
@@ -90,8 +95,20 @@ class VitPoseMMPose:
         self.batch_size = int(batch_size)
         self.flip_test = bool(flip_test)
         self.config = cfg_path
+        self.checkpoint = path
+        self.device = device
 
-    def _run(self, images: np.ndarray, boxes: np.ndarray):
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "checkpoint": str(self.checkpoint),
+            "weights_sha256": self.weights_sha256, "flip_test": self.flip_test, "dtype": "fp32",
+            "decoding": "mmpose1", "frame": self.frame, "config": str(self.config),
+        }  # fmt: skip
+
+    def stages(self) -> None:
+        return None  # mmpose runs its own pipeline: whole `estimate` calls only
+
+    def _run(self, images, boxes: np.ndarray):
         import torch
         from mmengine.dataset import Compose, pseudo_collate
         from mmengine.registry import init_default_scope
@@ -99,21 +116,34 @@ class VitPoseMMPose:
         init_default_scope(self.model.cfg.get("default_scope", "mmpose"))
         pipeline = Compose(self.model.cfg.test_dataloader.dataset.pipeline)
         data = []
-        for image, box in zip(images, mmpose_boxes(boxes), strict=True):
-            info = {"img": np.ascontiguousarray(image[..., ::-1]), "bbox": box[None],
+        for image, box in zip(images, mmpose_boxes(boxes, self.frame), strict=True):
+            info = {"img": image, "bbox": box[None],
                     "bbox_score": np.ones(1, dtype=np.float32)}  # fmt: skip
             info.update(self.model.dataset_meta)
             data.append(pipeline(info))
         with torch.no_grad():
             return self.model.test_step(pseudo_collate(data))
 
-    def estimate(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB images + int (N, 4) boxes -> float32 (N, 17, 3)."""
-        out = np.zeros((len(images), fdh.NUM_KEYPOINTS, 3), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            stop = min(start + self.batch_size, len(images))
+    def _keypoints(self, images, boxes: np.ndarray) -> np.ndarray:
+        """images[i] is the BGR frame of box i (a sequence; one frame may repeat)."""
+        shift = np.float32(frame_offset(self.frame))
+        out = np.zeros((len(boxes), fdh.NUM_KEYPOINTS, 3), dtype=np.float32)
+        for start in range(0, len(boxes), self.batch_size):
+            stop = min(start + self.batch_size, len(boxes))
             for i, sample in enumerate(self._run(images[start:stop], boxes[start:stop])):
                 inst = sample.pred_instances
-                out[start + i, :, :2] = np.asarray(inst.keypoints[0]) + 0.5
+                out[start + i, :, :2] = np.asarray(inst.keypoints[0]) + shift
                 out[start + i, :, 2] = np.asarray(inst.keypoint_scores[0])
         return out
+
+    def estimate(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB images + (N, 4) boxes -> float32 (N, 17, 3)."""
+        bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]
+        return self._keypoints(bgr, np.asarray(boxes).reshape(-1, 4))
+
+    def estimate_boxes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """N persons on one RGB frame: the frame is converted to BGR once, for all of them."""
+        check_image(image)
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        return self._keypoints([bgr] * len(boxes), boxes)

@@ -1,9 +1,9 @@
 """Run an estimator over a stream of samples, cropping and decoding in worker processes.
 
-Backends that expose `preprocess(image, box) -> (input, meta)` (a picklable function),
-`predict_heatmaps(batch)` and `decode(heatmaps, metas)` are pipelined: worker processes crop
-the next batches and decode the previous ones while the model runs in this process. Other
-backends (e.g. vitpose-mmpose) get plain batched `estimate` calls. At most a few batches are in
+Backends whose `stages()` (the `PoseEstimator` protocol) gives the three top-down stages are
+pipelined: worker processes crop the next batches and decode the previous ones while the model
+runs in this process. Backends whose `stages()` is None (vitpose-mmpose) get plain batched
+`estimate` calls. At most a few batches are in
 flight, so memory stays bounded however long the stream is.
 """
 
@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 import numpy as np
 
 from fdhclean.estimators.inputs import decode_for_pose
+from fdhclean.estimators.protocol import PoseEstimator, TopDownStages
 
 # key, uint8 (H, W, 3) RGB image, int (4,) box -- or key, raw members, None (decoded in the
 # workers by `inputs.decode_for_pose`)
@@ -63,27 +64,29 @@ def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def _pipelined(estimator, batches, pool: Executor, depth: int) -> Iterator[list[Result]]:
+def _pipelined(
+    stages: TopDownStages, batches, pool: Executor, depth: int
+) -> Iterator[list[Result]]:
     prepared: deque[Future] = deque()
     decoded: deque[Future] = deque()
     batches = iter(batches)
     for batch in itertools.islice(batches, depth):
-        prepared.append(pool.submit(_prepare, estimator.preprocess, batch))
+        prepared.append(pool.submit(_prepare, stages.preprocess, batch))
     while prepared:
         keys, inputs, metas = prepared.popleft().result()
         nxt = next(batches, None)
         if nxt is not None:
-            prepared.append(pool.submit(_prepare, estimator.preprocess, nxt))
-        heatmaps, ok = _predict(estimator, inputs)
+            prepared.append(pool.submit(_prepare, stages.preprocess, nxt))
+        heatmaps, ok = _predict(stages.predict_heatmaps, inputs)
         good_metas = np.array([m for m, good in zip(metas, ok, strict=True) if good]).reshape(-1, 4)
-        decoded.append(pool.submit(_decode, estimator.decode, keys, heatmaps, good_metas, ok))
+        decoded.append(pool.submit(_decode, stages.decode, keys, heatmaps, good_metas, ok))
         while len(decoded) > depth or (decoded and decoded[0].done()):
             yield decoded.popleft().result()
     while decoded:
         yield decoded.popleft().result()
 
 
-def _predict(estimator, inputs: list) -> tuple[np.ndarray, list[bool]]:
+def _predict(predict_heatmaps: Callable, inputs: list) -> tuple[np.ndarray, list[bool]]:
     """Heatmaps of the prepared inputs, and which inputs have one. If the model fails on the
     batch (e.g. out of memory), each input is tried alone, so only the inputs it really fails
     on are lost (reported as no-estimate) and the run goes on."""
@@ -92,14 +95,14 @@ def _predict(estimator, inputs: list) -> tuple[np.ndarray, list[bool]]:
     if not good:
         return np.zeros((0,)), ok
     try:
-        return estimator.predict_heatmaps(np.stack(good)), ok
+        return predict_heatmaps(np.stack(good)), ok
     except (RuntimeError, ValueError):
         maps = []
         for i, x in enumerate(inputs):
             if x is None:
                 continue
             try:
-                maps.append(estimator.predict_heatmaps(x[None])[0])
+                maps.append(predict_heatmaps(x[None])[0])
             except (RuntimeError, ValueError):
                 ok[i] = False
         return (np.stack(maps) if maps else np.zeros((0,))), ok
@@ -116,14 +119,14 @@ def _decoded(batch: list[Sample]) -> list[Sample | None]:
     return out
 
 
-def _estimate_one(estimator, image: np.ndarray, box) -> np.ndarray | None:
+def _estimate_one(estimator: PoseEstimator, image: np.ndarray, box) -> np.ndarray | None:
     try:
         return estimator.estimate(image[None], np.asarray(box)[None])[0]
     except (ValueError, IndexError):
         return None
 
 
-def _plain(estimator, batches) -> Iterator[list[Result]]:
+def _plain(estimator: PoseEstimator, batches) -> Iterator[list[Result]]:
     for batch in batches:
         decoded = _decoded(batch)
         good = [s for s in decoded if s is not None]
@@ -142,7 +145,7 @@ def _plain(estimator, batches) -> Iterator[list[Result]]:
 
 
 def estimate_samples(
-    estimator,
+    estimator: PoseEstimator,
     samples: Iterable[Sample],
     *,
     batch_size: int = 32,
@@ -159,16 +162,15 @@ def estimate_samples(
     from tqdm import tqdm
 
     batches = _batches(samples, batch_size)
-    bar = tqdm(
-        total=total, unit="img", desc=getattr(estimator, "name", "pose"), disable=not progress
-    )
-    if hasattr(estimator, "predict_heatmaps") and hasattr(estimator, "preprocess"):
+    bar = tqdm(total=total, unit="img", desc=estimator.name, disable=not progress)
+    stages = estimator.stages()
+    if stages is not None:
         if workers > 0:
             ctx = multiprocessing.get_context("spawn")
             pool: Executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
         else:
             pool = _InlineExecutor()
-        stream = _pipelined(estimator, batches, pool, depth=max(2, 2 * workers))
+        stream = _pipelined(stages, batches, pool, depth=max(2, 2 * workers))
     else:
         pool, stream = _InlineExecutor(), _plain(estimator, batches)
     try:

@@ -1,31 +1,32 @@
-"""Top-down pose maths shared by the ViTPose backends (refine-spec section 7), numpy + scipy only.
+"""Top-down crop geometry shared by the ViTPose backends (refine-spec section 7), numpy + scipy.
 
 Everything here runs in DataLoader-style worker processes, so it imports neither torch nor
-transformers.
+transformers (nor OpenCV, which this environment does not have: its warp is reproduced below).
 
-Coordinate frames. The project's convention: pixel i covers [i, i+1), so its centre is i + 0.5.
-ViTPose, mmpose and transformers put pixel centres on integers (cv2 / scipy sampling). A box
-(x0, y0, x1, y1) with exclusive max therefore spans [x0 - 0.5, x1 - 0.5) in the library frame,
-and a library coordinate becomes a project coordinate by adding 0.5. With this shift the whole
-pipeline is exactly mirror-equivariant (a mirrored image and box give the mirrored crop).
+The default reproduces the official ViTPose test pipeline (ViTAE-Transformer/ViTPose, mmpose
+0.x) number for number, checked against `shared/data/vitpose_reference_vectors.npz`:
+- box -> centre/scale: `_xywh2cs` (test mode) = `apis/inference.py` `_box2cs`: centre
+  float32(x + w/2, y + h/2); the box is widened or heightened to 3:4; scale = float32(w/200,
+  h/200) * 1.25 (mmpose keeps the box side as scale * 200);
+- warp matrix: `get_warp_matrix(0, centre*2, image_size-1, scale*200)` (UDP, float32);
+- crop: `cv2.warpAffine(img, M, (192, 256), flags=INTER_LINEAR)`, constant-0 border, which
+  `warp_crop_cv2` reproduces bit for bit in numpy (fixed-point positions and weights);
+- flip test: the crop is mirrored, its heatmaps mirrored back with left/right channels swapped,
+  without the one-pixel heatmap shift (ViTPose's configs set `shift_heatmap=False`).
 
-Geometry is the "unbiased data processing" (UDP) one that ViTPose uses: the padded box (x1.25,
-aspect 3:4) maps its edges onto the centres of the first and last input pixels (192x256), and
-heatmap column j (of 48) maps to u = j * 191 / 47. Flip test: the crop is mirrored, its heatmaps
-are mirrored back and left/right channels swapped, without the one-pixel heatmap shift (mmpose's
-ViTPose configs use `shift_heatmap=False`; with UDP the flip is exact).
+Frames. `frame="official"` (default): box numbers go to the official rule unchanged and
+keypoints come back in the official frame, where integer coordinates are pixel CENTRES (pixel c
+covers [c - 0.5, c + 0.5]). `frame="half-pixel"`: the project's earlier frame, where pixel c
+covers [c, c + 1): boxes are moved by -0.5 before the rule and keypoints by +0.5 after it, which
+makes the whole pipeline exactly mirror-equivariant for integer exclusive-max boxes.
 
-Sub-pixel refinement is mmpose's DARK-UDP (`refine_keypoints_dark_udp`): blur each heatmap with
-an 11-tap Gaussian, clip to [1e-3, 50], take the log, and move from the argmax by one Newton step.
-Two blur variants exist and both are implemented:
-- "mmpose" (default, what `vitpose-mmpose` computes): zero-padded cv2 Gaussian, kernel 11
-  (sigma 2.0 by cv2's rule), rescaled so each heatmap keeps its maximum (mmpose 1.x
-  `gaussian_blur`);
-- "transformers": transformers 5.x `post_process_pose_estimation` (scipy `gaussian_filter`,
-  sigma 0.8, radius 5, reflect border, no rescale). Used to prove equality with the library.
+The `transformers` decoding mode also crops as transformers' `VitPoseImageProcessor` does
+(`scipy.ndimage.affine_transform`, order 1), so that mode equals that library's pipeline.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -39,38 +40,135 @@ HEATMAP_H = 64
 BOX_PADDING = 1.25
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-DARK_KERNEL = 11
-BLUR_MODES = ("mmpose", "transformers")
+FRAMES = ("official", "half-pixel")
+# cv2's warpAffine fixed point (imgwarp.cpp): positions in 1/32 px (INTER_BITS = 5) computed
+# with AB_BITS = 10 bits; bilinear weights in 1/32768 (INTER_REMAP_COEF_BITS = 15).
+_INTER_BITS = 5
+_AB_BITS = 10
+_TAB = 1 << _INTER_BITS
 _FLIP = np.asarray(fdh.FLIP_PERMUTATION)
 
 
-def box_center_scale(box: np.ndarray) -> np.ndarray:
-    """(x0, y0, x1, y1) exclusive max -> (cx, cy, w, h) of the padded 3:4 crop, library frame.
+def frame_offset(frame: str) -> float:
+    """What to add to an official-frame coordinate to get one in `frame`."""
+    if frame not in FRAMES:
+        raise ValueError(f"unknown keypoint frame {frame!r}; expected one of {FRAMES}")
+    return 0.0 if frame == "official" else 0.5
 
-    Same arithmetic as mmpose's `bbox_xyxy2cs` + `_fix_aspect_ratio` and transformers'
-    `box_to_center_and_scale` (scale x 200 undone); the -0.5 moves the centre into the frame
-    where pixel centres are integers.
-    """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    w, h = x1 - x0, y1 - y0
-    if w <= 0 or h <= 0:
-        raise ValueError(f"empty person box {tuple(box)}")
+
+def center_scale_xywh(box_xywh) -> tuple[np.ndarray, np.ndarray]:
+    """Official `_xywh2cs` (test mode): (x, y, w, h) -> float32 centre (2,), scale (2,) in
+    mmpose units (box side / 200), padded 1.25 and fixed to the 192:256 aspect."""
+    x, y, w, h = (float(v) for v in box_xywh[:4])
     aspect = INPUT_W / INPUT_H
+    center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
     if w > aspect * h:
-        h = w / aspect
+        h = w * 1.0 / aspect
     elif w < aspect * h:
         w = h * aspect
-    cx, cy = (x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5
-    return np.array([cx, cy, w * BOX_PADDING, h * BOX_PADDING], dtype=np.float64)
+    scale = np.array([w / 200.0, h / 200.0], dtype=np.float32) * np.float32(BOX_PADDING)
+    return center, scale
 
 
-def warp_crop(image: np.ndarray, meta: np.ndarray) -> np.ndarray:
-    """Bilinear UDP crop of a uint8 (H, W, 3) image to uint8 (256, 192, 3); zeros outside.
+def box_meta(box, frame: str = "official") -> np.ndarray:
+    """A (x0, y0, x1, y1) box -> float32 meta (4,) = centre x, y, scale x, y (official units).
 
-    Output pixel (v, u) samples the image at x = cx - w/2 + u * w / 191 (same for y), the
-    inverse of mmpose's `get_udp_warp_matrix`. Rounded back to uint8 like cv2.warpAffine.
+    The box is converted to xywh as mmpose's `bbox_xyxy2xywh` does (w = x1 - x0, no +1). A box
+    with no width or no height has no person in it and is refused (ValueError).
     """
-    cx, cy, w, h = (float(v) for v in meta)
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)[:4])
+    if not (x1 > x0 and y1 > y0) or not all(map(math.isfinite, (x0, y0, x1, y1))):
+        raise ValueError(f"empty or non-finite person box {(x0, y0, x1, y1)}")
+    shift = frame_offset(frame)  # half-pixel boxes live 0.5 px right/down of official ones
+    center, scale = center_scale_xywh((x0 - shift, y0 - shift, x1 - x0, y1 - y0))
+    return np.concatenate([center, scale])
+
+
+def warp_matrix(center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Official `get_warp_matrix(0, centre * 2, image_size - 1, scale * 200)`: float32 (2, 3),
+    image -> crop. The float32/float64 mix follows the official expression term by term."""
+    size_input = np.asarray(center, dtype=np.float32) * np.float32(2.0)
+    size_target = np.asarray(scale, dtype=np.float32) * np.float32(200.0)
+    size_dst = np.array([INPUT_W, INPUT_H], dtype=np.int64) - 1.0  # float64, as image_size - 1.0
+    scale_x = size_dst[0] / size_target[0]
+    scale_y = size_dst[1] / size_target[1]
+    m = np.zeros((2, 3), dtype=np.float32)
+    m[0, 0] = 1.0 * scale_x
+    m[1, 1] = 1.0 * scale_y
+    # cos(0) = 1 and sin(0) = 0 terms kept so the float32 rounding happens where it does there
+    m[0, 2] = scale_x * (-0.5 * size_input[0] * 1.0 + 0.5 * size_input[1] * 0.0
+                         + 0.5 * size_target[0])  # fmt: skip
+    m[1, 2] = scale_y * (-0.5 * size_input[0] * 0.0 - 0.5 * size_input[1] * 1.0
+                         + 0.5 * size_target[1])  # fmt: skip
+    return m
+
+
+def _inverse_affine(m: np.ndarray) -> np.ndarray:
+    """cv2.warpAffine's own inversion (float64, same operation order)."""
+    a = m.astype(np.float64).reshape(-1).copy()
+    d = a[0] * a[4] - a[1] * a[3]
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22 = a[4] * d, a[0] * d
+    a[0], a[1], a[3], a[4] = a11, a[1] * -d, a[3] * -d, a22
+    b1 = -a[0] * a[2] - a[1] * a[5]
+    b2 = -a[3] * a[2] - a[4] * a[5]
+    a[2], a[5] = b1, b2
+    return a
+
+
+def warp_crop_cv2(image: np.ndarray, m: np.ndarray, size=(INPUT_W, INPUT_H)) -> np.ndarray:
+    """`cv2.warpAffine(image, m, size, flags=INTER_LINEAR)` (BORDER_CONSTANT 0) for uint8 RGB.
+
+    cv2 maps each output pixel back with the inverted matrix in fixed point: per-column and
+    per-row terms rounded to 1/1024 px (cvRound = round half to even), a rounding delta of
+    1/64 px, then truncated to 1/32 px; the 2x2 neighbours get integer weights
+    (32 - fy)(32 - fx) ... (sum 1024, exact: cv2's 1/32768 table is these times 32) and the
+    sum is rounded to uint8. Neighbours outside the image count as 0. Reads `image` in place.
+    """
+    out_w, out_h = size
+    a = _inverse_affine(m)
+    scale = float(1 << _AB_BITS)
+    xs, ys = np.arange(out_w, dtype=np.float64), np.arange(out_h, dtype=np.float64)
+    round_delta = (1 << _AB_BITS) // _TAB // 2
+    adelta = np.rint(a[0] * xs * scale).astype(np.int64)
+    bdelta = np.rint(a[3] * xs * scale).astype(np.int64)
+    x0 = np.rint((a[1] * ys + a[2]) * scale).astype(np.int64) + round_delta
+    y0 = np.rint((a[4] * ys + a[5]) * scale).astype(np.int64) + round_delta
+    shift = _AB_BITS - _INTER_BITS
+    if a[1] == 0 and a[3] == 0:  # no rotation (always, at test time): x by column, y by row
+        fx_all = ((x0[:1] + adelta) >> shift)[None, :]
+        fy_all = ((y0 + bdelta[:1]) >> shift)[:, None]
+    else:
+        fx_all = (x0[:, None] + adelta[None, :]) >> shift
+        fy_all = (y0[:, None] + bdelta[None, :]) >> shift
+    sx, sy = fx_all >> _INTER_BITS, fy_all >> _INTER_BITS
+    fx, fy = (fx_all & (_TAB - 1)).astype(np.int32), (fy_all & (_TAB - 1)).astype(np.int32)
+    h, w, c = image.shape
+    # a C-contiguous frame is read as a (H*W, C) view: np.take by pixel is ~3x faster than 3-d
+    # fancy indexing; anything else (a strided view) is indexed in place, never copied
+    flat = image.reshape(h * w, c) if image.flags.c_contiguous else None
+    acc = np.zeros((out_h, out_w, c), dtype=np.int32)  # <= 255 * 1024
+    for dy, wy in ((0, _TAB - fy), (1, fy)):
+        py = sy + dy
+        for dx, wx in ((0, _TAB - fx), (1, fx)):
+            px = sx + dx
+            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            cy, cx = np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)
+            if flat is not None:
+                idx = np.broadcast_to(cy * w + cx, (out_h, out_w)).ravel()
+                vals = np.take(flat, idx, axis=0).reshape(out_h, out_w, c)
+            else:
+                vals = image[cy, cx]
+            acc += vals * (wy * wx * inside)[..., None]
+    half = 1 << (2 * _INTER_BITS - 1)
+    return np.clip((acc + half) >> (2 * _INTER_BITS), 0, 255).astype(np.uint8)
+
+
+def warp_crop_scipy(image: np.ndarray, meta: np.ndarray) -> np.ndarray:
+    """transformers' crop: bilinear `scipy.ndimage.affine_transform` (float positions), zeros
+    outside; output pixel (v, u) samples x = cx - sw/2 + u * sw / 191 (same for y)."""
+    cx, cy, sx, sy = (float(v) for v in meta)
+    w, h = sx * 200.0, sy * 200.0
     matrix = np.array([h / (INPUT_H - 1), w / (INPUT_W - 1)])
     offset = np.array([cy - h / 2, cx - w / 2])
     channels = [
@@ -83,90 +181,39 @@ def warp_crop(image: np.ndarray, meta: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def normalize(crop: np.ndarray) -> np.ndarray:
-    """uint8 (256, 192, 3) RGB -> float32 (3, 256, 192), ImageNet mean/std."""
-    x = crop.astype(np.float32) / np.float32(255.0)
+def crop(image: np.ndarray, meta: np.ndarray, method: str = "cv2") -> np.ndarray:
+    """uint8 (H, W, 3) image + meta -> uint8 (256, 192, 3) crop by the chosen library's warp."""
+    if method == "cv2":
+        return warp_crop_cv2(image, warp_matrix(meta[:2], meta[2:]))
+    if method == "scipy":
+        return warp_crop_scipy(image, meta)
+    raise ValueError(f"unknown crop method {method!r}; expected 'cv2' or 'scipy'")
+
+
+def normalize(crop_rgb: np.ndarray) -> np.ndarray:
+    """uint8 (256, 192, 3) RGB -> float32 (3, 256, 192): ToTensor (/255) + ImageNet mean/std."""
+    x = crop_rgb.astype(np.float32) / np.float32(255.0)
     x = (x - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One sample -> (model input float32 (3, 256, 192), meta float64 (4,) = cx, cy, w, h)."""
+def check_image(image: np.ndarray) -> None:
+    """ValueError unless `image` is a uint8 (H, W, 3) RGB array."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
-    meta = box_center_scale(np.asarray(box))
-    return normalize(warp_crop(image, meta)), meta
+
+
+def preprocess(
+    image: np.ndarray, box, *, method: str = "cv2", frame: str = "official"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One person -> (model input float32 (3, 256, 192), meta float32 (4,)). Picklable with
+    functools.partial, so crop workers can run it."""
+    check_image(image)
+    meta = box_meta(box, frame)
+    return normalize(crop(image, meta, method)), meta
 
 
 def unflip_heatmaps(heatmaps: np.ndarray) -> np.ndarray:
-    """Heatmaps of a mirrored crop (N, 17, H, W) -> the original crop's frame (swap + mirror)."""
+    """Heatmaps of a mirrored crop (N, 17, H, W) -> the original crop's frame (swap + mirror),
+    the official `flip_back` for GaussianHeatmap targets."""
     return heatmaps[:, _FLIP, :, ::-1]
-
-
-def _cv2_gaussian_kernel(size: int) -> np.ndarray:
-    """cv2.getGaussianKernel(size, 0): sigma = 0.3 * ((size - 1) / 2 - 1) + 0.8."""
-    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
-    x = np.arange(size) - (size - 1) / 2
-    k = np.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
-def _blur(heatmaps: np.ndarray, mode: str) -> np.ndarray:
-    """Blur (K, H, W) heatmaps as the chosen library does before DARK (see module docstring)."""
-    if mode == "transformers":
-        radius = (DARK_KERNEL - 1) // 2
-        return np.stack(
-            [ndimage.gaussian_filter(h, sigma=0.8, radius=radius, mode="reflect") for h in heatmaps]
-        )
-    if mode != "mmpose":
-        raise ValueError(f"unknown DARK blur mode {mode!r}; expected one of {BLUR_MODES}")
-    kernel = _cv2_gaussian_kernel(DARK_KERNEL)
-    out = ndimage.correlate1d(heatmaps.astype(np.float64), kernel, axis=1, mode="constant")
-    out = ndimage.correlate1d(out, kernel, axis=2, mode="constant")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = heatmaps.reshape(len(heatmaps), -1).max(1) / out.reshape(len(out), -1).max(1)
-    return (out * gain[:, None, None]).astype(np.float32)
-
-
-def dark_udp(coords: np.ndarray, heatmaps: np.ndarray, mode: str) -> np.ndarray:
-    """One Newton step on the log of the blurred heatmap at integer coords (K, 2) -> (K, 2)."""
-    logh = np.log(np.clip(_blur(heatmaps, mode), 1e-3, 50.0))
-    pad = np.pad(logh, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    k = np.arange(len(coords))
-    x = coords[:, 0].astype(int) + 1
-    y = coords[:, 1].astype(int) + 1
-    c = pad[k, y, x]
-    xp, xm = pad[k, y, x + 1], pad[k, y, x - 1]
-    yp, ym = pad[k, y + 1, x], pad[k, y - 1, x]
-    dx, dy = 0.5 * (xp - xm), 0.5 * (yp - ym)
-    dxx, dyy = xp - 2 * c + xm, yp - 2 * c + ym
-    dxy = 0.5 * (pad[k, y + 1, x + 1] - xp - yp + 2 * c - xm - ym + pad[k, y - 1, x - 1])
-    hessian = np.stack([np.stack([dxx, dxy], -1), np.stack([dxy, dyy], -1)], -2)
-    hessian = hessian + np.finfo(np.float32).eps * np.eye(2)
-    step = np.einsum("kmn,kn->km", np.linalg.inv(hessian), np.stack([dx, dy], -1))
-    return coords - step
-
-
-def decode(heatmaps: np.ndarray, metas: np.ndarray, blur: str = "mmpose") -> np.ndarray:
-    """Heatmaps (N, 17, 64, 48) + crop metas (N, 4) -> float32 (N, 17, 3): x, y (project frame,
-    pixels of the full image), score = heatmap maximum.
-
-    Keypoints whose maximum is <= 0 keep their argmax location unrefined (mmpose marks them -1
-    and refines garbage; their score already says they are not found).
-    """
-    heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    n, k, hh, hw = heatmaps.shape
-    flat = heatmaps.reshape(n, k, -1)
-    idx = flat.argmax(-1)
-    scores = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
-    out = np.zeros((n, k, 3), dtype=np.float32)
-    for i in range(n):
-        coords = np.stack([idx[i] % hw, idx[i] // hw], -1).astype(np.float64)
-        refined = dark_udp(coords, heatmaps[i], blur)
-        good = scores[i] > 0
-        coords[good] = refined[good]
-        cx, cy, w, h = metas[i]
-        out[i, :, 0] = coords[:, 0] * w / (hw - 1) + cx - w / 2 + 0.5
-        out[i, :, 1] = coords[:, 1] * h / (hh - 1) + cy - h / 2 + 0.5
-        out[i, :, 2] = scores[i]
-    return out

@@ -1,8 +1,9 @@
 """`vitpose-hf`: ViTPose through transformers' VitPoseForPoseEstimation, local weights only.
 
-The model runs batched; cropping (`preprocess`) and heatmap decoding (`decode`) are plain
-module-level functions of `topdown`, so `estimate_samples` can run them in worker processes
-while the model runs (refine-spec section 7 fixes the top-down details; see `topdown`).
+The model runs batched; cropping (`topdown.preprocess`) and heatmap decoding
+(`decoding.decode`) are plain module-level functions, so `estimate_samples` can run them in
+worker processes while the model runs (refine-spec section 7; the arithmetic is the official
+ViTPose test pipeline by default, see `topdown` and `decoding`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fdhclean import fdh
+from fdhclean.estimators import decoding as dec
 from fdhclean.estimators import topdown
+from fdhclean.estimators.protocol import TopDownStages
 from fdhclean.estimators.weights import hf_weight_files, require_local, verify_sha256
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -43,12 +47,12 @@ def resolve_dtype(dtype: str, device: str):
 class VitPoseHF:
     """ViTPose (transformers format directory) with flip test and DARK-UDP decoding.
 
-    `blur` selects the DARK modulation ("mmpose" = what ViTPose/mmpose compute, the default;
-    "transformers" = transformers' own post-processing, used by the equality test).
+    `decoding`: "vitpose" (the official ViTPose / mmpose 0.x arithmetic, default), "mmpose1"
+    (mmpose 1.x's blur) or "transformers" (transformers' crop and post-processing; the
+    equality test runs that way). `frame`: "official" (default) or "half-pixel" (`topdown`).
     """
 
     name = "vitpose-hf"
-    preprocess = staticmethod(topdown.preprocess)
 
     def __init__(
         self,
@@ -59,7 +63,8 @@ class VitPoseHF:
         batch_size: int = 32,
         flip_test: bool = True,
         dtype: str = "auto",
-        blur: str = "mmpose",
+        decoding: str = "vitpose",
+        frame: str = "official",
     ) -> None:
         path = require_local(checkpoint, kind="vitpose-hf", directory=True)
         if not (path / "config.json").is_file() or not hf_weight_files(path):
@@ -67,25 +72,50 @@ class VitPoseHF:
                 f"{path} is not a transformers ViTPose checkpoint (needs config.json and "
                 "*.safetensors; convert an official .pth with `fdhclean convert-vitpose`)"
             )
-        if blur not in topdown.BLUR_MODES:
-            raise ValueError(f"unknown blur {blur!r}; expected one of {topdown.BLUR_MODES}")
+        dec.check_decoding(decoding)
+        topdown.frame_offset(frame)  # validates the name
         self.weights_sha256 = verify_sha256(path, checkpoint_sha256)
         self.checkpoint = path
         self.batch_size = int(batch_size)
         self.flip_test = bool(flip_test)
-        self.blur = blur
+        self.decoding = decoding
+        self.frame = frame
         self.device = resolve_device(device)
+        self.dtype = dtype
         self.autocast_dtype = resolve_dtype(dtype, self.device)
         self.model = self._load(path)
-        self.decode = functools.partial(topdown.decode, blur=blur)
+        crop = "scipy" if decoding == "transformers" else "cv2"  # that library's own warp
+        self.preprocess = functools.partial(topdown.preprocess, method=crop, frame=frame)
+        self.decode = functools.partial(dec.decode, decoding=decoding, frame=frame)
+
+    def provenance(self) -> dict[str, Any]:
+        """What the keypoints depend on (recorded by refine and `fdhclean estimate`; part of
+        refine's settings fingerprint, so no device: every rank must give the same dict)."""
+        return {
+            "name": self.name, "checkpoint": str(self.checkpoint),
+            "weights_sha256": self.weights_sha256, "flip_test": self.flip_test,
+            "dtype": self.dtype, "autocast_dtype": str(self.autocast_dtype),
+            "decoding": self.decoding, "frame": self.frame,
+        }  # fmt: skip
+
+    def stages(self) -> TopDownStages:
+        return TopDownStages(self.preprocess, self.predict_heatmaps, self.decode)
 
     def _load(self, path: Path):
         import torch
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from safetensors import SafetensorError
         from transformers import VitPoseForPoseEstimation
 
-        model = VitPoseForPoseEstimation.from_pretrained(path, local_files_only=True)
+        try:
+            model = VitPoseForPoseEstimation.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+            cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"{path}: not a loadable transformers ViTPose checkpoint ({cause}); convert the "
+                "official .pth again with `fdhclean convert-vitpose`"
+            ) from None
         if model.config.num_labels != fdh.NUM_KEYPOINTS:
             raise ValueError(
                 f"{path}: the model predicts {model.config.num_labels} keypoints, "
@@ -122,17 +152,26 @@ class VitPoseHF:
                 heatmaps = (heatmaps + topdown.unflip_heatmaps(flipped)) * np.float32(0.5)
         return heatmaps
 
-    def predict(self, batch: np.ndarray, metas: np.ndarray) -> np.ndarray:
-        """Preprocessed batch + metas -> float32 (N, 17, 3) keypoints (pixels) and scores."""
-        return self.decode(self.predict_heatmaps(batch), metas)
-
-    def estimate(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB images + int (N, 4) boxes -> float32 (N, 17, 3)."""
-        out = np.zeros((len(images), fdh.NUM_KEYPOINTS, 3), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            stop = min(start + self.batch_size, len(images))
-            prepared = [self.preprocess(images[i], boxes[i]) for i in range(start, stop)]
+    def _run(self, image_of, boxes: np.ndarray) -> np.ndarray:
+        """Crop box i from image_of(i), model in batches of `batch_size`, decode."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        out = np.zeros((len(boxes), fdh.NUM_KEYPOINTS, 3), dtype=np.float32)
+        for start in range(0, len(boxes), self.batch_size):
+            stop = min(start + self.batch_size, len(boxes))
+            prepared = [self.preprocess(image_of(i), boxes[i]) for i in range(start, stop)]
             batch = np.stack([p[0] for p in prepared])
             metas = np.stack([p[1] for p in prepared])
-            out[start:stop] = self.predict(batch, metas)
+            out[start:stop] = self.decode(self.predict_heatmaps(batch), metas)
         return out
+
+    def estimate(self, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB images + (N, 4) boxes, one per image -> float32 (N, 17, 3)."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+        return self._run(lambda i: images[i], boxes)
+
+    def estimate_boxes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """N persons on one uint8 (H, W, 3) RGB frame -> float32 (N, 17, 3). Each crop reads
+        the frame in place (no copy per person); crops go to the model in batches."""
+        topdown.check_image(image)
+        return self._run(lambda i: image, boxes)

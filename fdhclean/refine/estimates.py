@@ -136,15 +136,8 @@ class ModelSource:
         )
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            "name": self.settings.estimator,
-            "checkpoint": str(self.settings.checkpoint),
-            "weights_sha256": self.estimator.weights_sha256,
-            "flip_test": self.settings.flip_test,
-            # how the numbers were made: autocast dtype (bf16 on a GPU) and heatmap decoding
-            "autocast_dtype": str(getattr(self.estimator, "autocast_dtype", None)),
-            "decoding_blur": getattr(self.estimator, "blur", None),
-        }
+        # how the numbers were made (dtype, decoding, frame...): the estimator says (its Protocol)
+        return {"checkpoint": str(self.settings.checkpoint), **self.estimator.provenance()}
 
     def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str]]:
         from fdhclean.estimators import estimate_samples
