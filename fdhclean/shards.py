@@ -126,7 +126,7 @@ class ShardReader:
 
     def __iter__(self) -> Iterator[RawSample]:
         try:
-            fh = open(self.path, "rb", buffering=1 << 20)  # noqa: SIM115 (closed below)
+            fh = open(self.path, "rb", buffering=1 << 16)  # noqa: SIM115 (closed below)
         except OSError as exc:
             raise ShardReadError(self.path, f"{type(exc).__name__}: {exc}") from exc
         with fh:

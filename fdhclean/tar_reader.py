@@ -212,11 +212,18 @@ def _zero_run(stream: TarStream, start: int) -> bytes | None:
         at = stream.offset - len(block)
         if blocks >= 2 and len(block) == BLOCK and _is_header(block):
             return block
+        if blocks >= 2:  # a complete end-of-archive marker, then something else
+            raise TarFormatError(
+                start,
+                f"data at byte {at}, after the end-of-archive marker, is not a second tar "
+                "archive: it cannot be read, so the shard is refused; remove those bytes or "
+                "re-create the shard from its source",
+            )
         raise TarFormatError(
             start,
-            f"zero-filled block(s) from byte {start} are followed by data at byte {at} that is "
-            "not a second archive: a tar header was zeroed (e.g. by a crash), so the members "
-            "after it cannot be located; re-create this shard from its source",
+            f"a zero-filled block at byte {start} is followed by data at byte {at}: a tar "
+            "header was zeroed (e.g. by a crash), so the members after it cannot be located; "
+            "re-create this shard from its source",
         )
 
 
@@ -292,7 +299,8 @@ def _entry(
         raw, size, problem = pending.apply(info, offset)
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             kind = _KINDS.get(info.type, f"member of unknown type {info.type!r}")
-            problem = f"it is a {kind} (tar type {info.type.decode('latin1')!r}), not a regular file"
+            code = info.type.decode("latin1")
+            problem = f"it is a {kind} (tar type {code!r}), not a regular file"
         if info.type == tarfile.DIRTYPE:
             problem = "directory"
     start = pending.start if pending.start is not None else offset
