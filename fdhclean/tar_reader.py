@@ -77,12 +77,16 @@ class TarStream:
 
     def read_exact(self, n: int, what: str) -> bytes:
         start = self.offset
-        data = self.read(n)
+        # A size past the end of the file is refused before reading: a buffered read allocates
+        # what it is asked for, so a forged size would otherwise be a MemoryError.
+        fits = n <= self.size - start
+        data = self.read(n) if fits else b""
         if len(data) != n:
+            end = start + len(data) if fits else self.size
             raise TarFormatError(
                 start,
-                f"truncated: {what} needs {n} bytes but the file ends at byte {self.offset} "
-                "(cut short, or truncated while it was read)",
+                f"truncated: {what} needs {n} bytes from byte {start} but the file ends at "
+                f"byte {end} (cut short, or truncated while it was read)",
             )
         return data
 
@@ -95,7 +99,9 @@ class TarStream:
             return
         if self.offset + n > self.size:
             raise TarFormatError(
-                self.offset, f"truncated: {what} needs {n} bytes but the file has {self.size}"
+                self.offset,
+                f"truncated: {what} needs {n} bytes from byte {self.offset} but the file ends "
+                f"at byte {self.size}",
             )
         self.offset = self.fh.seek(self.offset + n, os.SEEK_SET)
 

@@ -164,3 +164,31 @@ def test_shard_truncated_while_read_is_a_clear_error(tmp_path: Path) -> None:
         fh.truncate(2_000_000)
     with pytest.raises(ShardReadError, match=r"out-000000\.tar.*truncated.*at byte \d+"):
         list(reader)
+
+
+def test_forged_member_size_is_an_error_not_an_allocation(tmp_path: Path) -> None:
+    path = tmp_path / "out-000000.tar"
+    info = tarfile.TarInfo("1.image.png")
+    info.size = 2**40  # a terabyte claimed by a 10 KiB file
+    path.write_bytes(info.tobuf(tarfile.GNU_FORMAT) + bytes(9216))
+    for read in (read_shard, count_samples):
+        with pytest.raises(
+            ShardReadError, match=r"truncated.*1\.image\.png.*from byte 512.*ends at byte 9728"
+        ):
+            read(path)
+
+
+def test_memory_is_bounded_by_one_sample(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = make_shard(tmp_path / "out-000000.tar", n=30, size=200_000)  # 6 MB shard
+    tracemalloc.start()
+    try:
+        reader = ShardReader(path)
+        for _ in reader:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reader.samples == 30
+    assert peak < 1_000_000, peak  # one 200 kB sample + the 64 KiB read buffer, not 6 MB
