@@ -154,7 +154,8 @@ def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
     pos = 0
     while pos < len(data) and data[pos] != 0:
         space = data.find(b" ", pos)
-        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        digits = data[pos:space]
+        length = int(digits) if 0 < len(digits) <= 20 and digits.isdigit() else 0
         record = data[pos : pos + length]
         if length <= space - pos + 1 or len(record) != length or not record.endswith(b"\n"):
             raise TarFormatError(offset, f"malformed PAX extended header record at +{pos}")
@@ -188,7 +189,7 @@ class _Pending:
             raw = pax[b"path"]
         size = info.size
         if b"size" in pax:
-            if not pax[b"size"].isdigit():
+            if not (pax[b"size"].isdigit() and len(pax[b"size"]) <= 20):
                 raise TarFormatError(offset, f"PAX size {pax[b'size']!r} is not an integer")
             size = int(pax[b"size"])
         sparse = any(key.startswith(b"GNU.sparse.") for key in pax)
