@@ -59,6 +59,52 @@ def timed(fn, *args) -> tuple[float, float, object]:
     return time.perf_counter() - wall, cpu_used, result
 
 
+FLOOR = "floor: ShardReader + ShardWriter, fsync"
+
+
+def measure_round(data: Path, parts: Path, work: Path, workers: int) -> dict[str, tuple]:
+    """One round: the floor and refine at --workers 0 and N, back to back, so that the load of
+    a shared machine weighs on all of them alike. name -> (wall s, CPU s)."""
+    row = {FLOOR: timed(floor_copy, data / "train", work / "floor")[:2]}
+    for n_workers in (0, workers):
+        out = work / f"clean-w{n_workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        row[f"refine --workers {n_workers}, whole command"] = timed(
+            run_cli, "refine", "--split", "train", "--data-root", str(data), "--out", str(out),
+            "--part-table", str(parts), "--predictions", str(data / "predictions_train.json"),
+            "--workers", str(n_workers),
+        )[:2]  # fmt: skip
+        if n_workers == 0:  # the per-shard work alone: what a 600-shard run is made of
+            summary = json.loads((out / "train" / "refine_summary.json").read_text())
+            shards = summary["shards"]
+            cpu = (
+                sum(s["cpu_seconds"] for s in shards)
+                if all("cpu_seconds" in s for s in shards)
+                else float("nan")
+            )
+            row["refine --workers 0, shard work only"] = (sum(s["seconds"] for s in shards), cpu)
+    return row
+
+
+def print_rounds(rounds: list[dict[str, tuple]], n: int) -> None:
+    """Best (least) CPU of each row over the rounds, its rate and ratio to the best floor, and
+    the range of the ratio measured within one round."""
+    print(
+        f"{'':42s} {'wall s':>7s} {'CPU s':>7s} {'samples/CPU-s':>14s} {'vs floor':>8s}  per round"
+    )
+    floor = min(r[FLOOR][1] for r in rounds)
+    for name in rounds[0]:
+        wall = min(r[name][0] for r in rounds)
+        cpu = min(r[name][1] for r in rounds)
+        ratios = [r[FLOOR][1] / r[name][1] for r in rounds]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{name:42s} {wall:7.2f} {cpu:7.2f} {n / cpu:14.1f} {floor / cpu:8.2f}  {spread}")
+    print(f"(best of {len(rounds)} rounds; CPU: process time, user + system, worker processes")
+    print(" included; whole command: Python start-up, imports and loading the predictions")
+    print(" included; shard work: per-shard times in refine_summary.json, CPU where refine")
+    print(" records `cpu_seconds`, else nan)")
+
+
 def run_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "fdhclean.cli", *args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -69,6 +115,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--samples-per-shard", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="refine --workers for run 3")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the best of each row")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--estimator", action="store_true", help="also run bench/estimator.py")
     parser.add_argument("--estimator-args", default="", help="arguments for bench/estimator.py")
@@ -85,33 +132,10 @@ def main() -> None:
     n = args.shards * args.samples_per_shard
     size_mb = sum(p.stat().st_size for p in (data / "train").glob("*.tar")) / 2**20
 
-    rows = []  # (name, wall s, CPU s)
-    wall, cpu, _ = timed(floor_copy, data / "train", work / "floor")  # also warms the page cache
-    wall, cpu, _ = timed(floor_copy, data / "train", work / "floor")
-    rows.append(("floor: ShardReader + ShardWriter, fsync", wall, cpu))
-    for workers in (0, args.workers):
-        out = work / f"clean-w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        wall, cpu, _ = timed(run_cli, "refine", "--split", "train", "--data-root", str(data),
-                             "--out", str(out), "--part-table", str(parts),
-                             "--predictions", str(data / "predictions_train.json"),
-                             "--workers", str(workers))  # fmt: skip
-        rows.append((f"refine --workers {workers}, whole command", wall, cpu))
-        if workers == 0:  # the per-shard work alone: what a 600-shard run is made of
-            summary = json.loads((out / "train" / "refine_summary.json").read_text())
-            shard_wall = sum(s["seconds"] for s in summary["shards"])
-            shard_cpu = sum(s.get("cpu_seconds", float("nan")) for s in summary["shards"])
-            rows.append(("refine --workers 0, shard work only", shard_wall, shard_cpu))
-
+    floor_copy(data / "train", work / "floor")  # warms the page cache: every round reads from it
+    rounds = [measure_round(data, parts, work, args.workers) for _ in range(args.repeat)]
     print(f"\n{n} samples in {args.shards} shards ({size_mb:.0f} MiB), work dir {work}")
-    floor_rate = n / rows[0][2]
-    print(f"{'':42s} {'wall s':>7s} {'CPU s':>7s} {'samples/CPU-s':>14s} {'vs floor':>8s}")
-    for name, wall, cpu in rows:
-        rate = n / cpu
-        print(f"{name:42s} {wall:7.2f} {cpu:7.2f} {rate:14.1f} {rate / floor_rate:8.2f}")
-    print("(CPU: process time, user + system, worker processes included; whole command: Python")
-    print(" start-up, imports and loading the predictions included; shard work: the per-shard")
-    print(" times in refine_summary.json, CPU where refine records `cpu_seconds`, else nan)")
+    print_rounds(rounds, n)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     if args.estimator:
