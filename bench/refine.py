@@ -46,6 +46,15 @@ def floor_copy(src_dir: Path, dst_dir: Path) -> int:
     return samples
 
 
+def read_only(src_dir: Path, hash_: bool) -> int:
+    """The reader alone (what refine's read costs), with or without the streaming sha256."""
+    from fdhclean.shards import ShardReader
+
+    return sum(
+        1 for shard in sorted(src_dir.glob("out-*.tar")) for _ in ShardReader(shard, hash=hash_)
+    )
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants included
     return usage.ru_utime + usage.ru_stime
@@ -66,6 +75,10 @@ def measure_round(data: Path, parts: Path, work: Path, workers: int) -> dict[str
     """One round: the floor and refine at --workers 0 and N, back to back, so that the load of
     a shared machine weighs on all of them alike. name -> (wall s, CPU s)."""
     row = {FLOOR: timed(floor_copy, data / "train", work / "floor")[:2]}
+    for hash_ in (True, False):
+        row[f"reader only, sha256 {'on' if hash_ else 'off'}"] = timed(
+            read_only, data / "train", hash_
+        )[:2]
     for n_workers in (0, workers):
         out = work / f"clean-w{n_workers}"
         shutil.rmtree(out, ignore_errors=True)
