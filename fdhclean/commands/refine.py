@@ -52,8 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vote.add_argument("--tie-policy", choices=("new", "original"), help="default new")
     vote.add_argument("--rules", help="TOML keypoint -> accepted parts table")
     run = p.add_argument_group("execution")
-    run.add_argument("--rank", type=int, help="this rank (default $RANK or 0)")
-    run.add_argument("--world-size", type=int, help="number of ranks (default $WORLD_SIZE or 1)")
+    run.add_argument(
+        "--rank", type=int, help="this rank (default $FDHCLEAN_RANK, [refine] rank, $RANK, else 0)"
+    )
+    run.add_argument(
+        "--world-size",
+        type=int,
+        help="number of ranks (default: as --rank, else 1)",
+    )
     run.add_argument("--workers", type=int, help="worker processes (default 0: in-process)")
     run.add_argument(
         "--overwrite",
@@ -69,14 +75,12 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fdhclean.refine.settings import resolve_settings
-    from fdhclean.shards import rank_from_env
 
     console = Console(stderr=True)
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "config", "dry_run")}
-    flags["rank"], flags["world_size"] = rank_from_env(args.rank, args.world_size)
-    try:
+    try:  # rank: --rank > $FDHCLEAN_RANK > [refine] rank > torchrun's $RANK > 0
         settings = resolve_settings(flags, args.config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         console.print(f"[red]fdhclean refine: {exc}[/red]")
         return 2
     if args.dry_run:
