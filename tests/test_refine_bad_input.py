@@ -147,3 +147,36 @@ def test_integer_keypoints_are_rounded_not_truncated():
     out = chosen_keypoints(original, estimate, True, 0.3, "pixels")
     assert out.dtype == np.int32
     assert out[1].tolist() == [80, 144, 1] and out[0].tolist() == [160, 58, 0]
+
+
+def _rekey(keys):
+    """Rewrite a shard giving sample i the key keys[i] (where given)."""
+
+    def apply(path):
+        samples = read_shard(path)
+        with ShardWriter(path) as writer:
+            for s in samples:
+                writer.write(keys.get(s.index, s.key), dict(s.members))
+
+    return apply
+
+
+def test_keys_that_are_not_integers_are_decided_per_sample(synth_copy, tmp_path, capsys):
+    """Issue 12 class 3: 'abc', an absolute path, '../x' -> no-estimate rows naming the key;
+    the manifest is still written and `finalize` runs without a traceback."""
+    shards = sorted((synth_copy / "val").glob("out-*.tar"))
+    _rekey({0: "abc", 1: "/abs/x", 2: "../x"})(shards[1])
+    out = tmp_path / "out"
+    assert _refine(synth_copy, out) == 0
+    report = pd.read_parquet(out / "val" / "report")
+    bad = report[report.key.isin(["abc", "/abs/x", "../x"])]
+    assert len(bad) == 3 and set(bad.status) == {"no-estimate"}
+    assert all("is not an integer" in e for e in bad.error)
+    manifest = json.loads((out / "val" / "manifest.json").read_text())
+    assert manifest["totals"]["errors"]["no-estimate"] >= 3
+    capsys.readouterr()
+    assert main(["finalize", str(out), "--split", "val"]) == 0
+    (out / "val" / "run.json").write_text("{not json")
+    assert main(["finalize", str(out), "--split", "val"]) == 1
+    err = capsys.readouterr().err
+    assert "run.json" in err and "Traceback" not in err

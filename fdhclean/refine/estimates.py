@@ -91,6 +91,8 @@ class _PredictionLookup(Mapping):
     """Sample key -> (17,3) prediction, matched as COCO image ids (str(int(key)), so keys
     with leading zeros still match); across several files the highest `score` wins."""
 
+    integer_keys = True  # a key that is not an integer has no entry (the reason is reported)
+
     def __init__(self, predictions: list) -> None:
         self._keypoints: dict[str, np.ndarray] = {}
         best: dict[str, float] = {}

@@ -30,7 +30,14 @@ def read_run_record(split_out: Path) -> dict[str, Any]:
     path = split_out / RUN_RECORD
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: was `fdhclean refine` run into {split_out}?")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a refine run record (JSON): {exc}") from None
+    missing = [k for k in ("fingerprint", "data_root", "split", "provenance") if k not in record]
+    if missing:
+        raise ValueError(f"{path} is not a refine run record: no {', '.join(missing)}")
+    return record
 
 
 def completed_results(
@@ -44,7 +51,10 @@ def completed_results(
         tar_path, report_path, marker = output_paths(split_out, name)
         if not marker.is_file():
             continue
-        result = ShardResult.from_json(json.loads(marker.read_text()))
+        try:
+            result = ShardResult.from_json(json.loads(marker.read_text()))
+        except (ValueError, TypeError):  # a damaged marker: the shard is simply redone
+            continue
         if (
             result.fingerprint == fingerprint
             and report_path.is_file()
@@ -134,7 +144,12 @@ def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
     from fdhclean.estimators.predictions import canonical_key
     from fdhclean.refine.estimates import PredictionsSource
 
-    split_keys = {canonical_key(k) for k in _split_keys(split_out)}
+    split_keys = set()
+    for key in _split_keys(split_out):
+        try:
+            split_keys.add(canonical_key(key))
+        except ValueError:  # not an integer: no prediction can be for it (its row says so)
+            continue
     return len(PredictionsSource(Path(path)).keys() - split_keys)
 
 

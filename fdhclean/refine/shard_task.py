@@ -157,13 +157,22 @@ def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarr
             continue
         est = estimates.get(s.key)
         if est is None:
-            s.fail(STATUS_NO_ESTIMATE, "no prediction for this key")
+            s.fail(STATUS_NO_ESTIMATE, _no_estimate_reason(s.key, estimates))
             continue
         est = np.asarray(est, dtype=np.float64).reshape(17, 3)
         if not np.isfinite(est).all():
             s.fail(STATUS_NO_ESTIMATE, "the estimate contains NaN or inf")
             continue
         s.estimate_norm = est / scale
+
+
+def _no_estimate_reason(key: str, estimates: Mapping[str, np.ndarray]) -> str:
+    if getattr(estimates, "integer_keys", False):
+        try:
+            int(key)
+        except ValueError:
+            return f"key {key!r} is not an integer, so no COCO image_id can match it"
+    return "no prediction for this key"
 
 
 def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
