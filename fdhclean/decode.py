@@ -12,6 +12,7 @@ import functools
 import io
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,11 +34,13 @@ __all__ = [
     "FDH_SHAPE",
     "KEYPOINTS_SHAPE",
     "UNITS",
+    "UnitsDecision",
     "decode_image",
     "decode_keypoints",
     "decode_mask",
     "decode_npy",
     "decode_vertices",
+    "decide_units",
     "detect_units",
     "encode_npy",
     "encode_png",
@@ -172,18 +175,56 @@ def _check_units(units: str) -> None:
         raise ValueError(f"unknown keypoint units {units!r}, expected one of {UNITS}")
 
 
-def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:
-    """Units of a shard's keypoints: pixels when any finite |x| or |y| exceeds the threshold.
+@dataclass(frozen=True)
+class UnitsDecision:
+    """How a shard's units were decided: each sample with a visible keypoint votes pixels
+    (some visible |x| or |y| > 1.5) or normalised; samples without one abstain."""
 
-    fdh-format.md: the reference loader reads x/W, y/H, a copy script implies pixels; the
-    threshold (1.5) leaves room for normalised points slightly outside the crop.
+    units: str
+    pixel_votes: int = 0
+    normalized_votes: int = 0
+    basis: str = "visible"  # "visible": voted; "all": no visible keypoint, every finite value
+
+    @property
+    def dissent(self) -> int:
+        """Voting samples that disagree with the decision (> 0: an ambiguous shard)."""
+        if self.units == UNITS_PIXELS:
+            return self.normalized_votes
+        return self.pixel_votes
+
+
+def decide_units(keypoint_arrays: Iterable[np.ndarray]) -> UnitsDecision:
+    """Units of a shard's keypoints, decided by what can decide them.
+
+    fdh-format.md: the reference loader reads x/W, y/H, a copy script implies pixels; a value
+    above 1.5 means pixels. Only visible keypoints (finite, v > 0) count: an invisible point's
+    coordinates are often junk (one invisible x = 1.6 once flipped a whole normalised shard to
+    pixels). The majority of voting samples decides; a tie goes to pixels (the old rule: any
+    pixel evidence); with no visible keypoint at all, every finite value counts as before.
     """
+    pixel_votes = normalized_votes = 0
+    any_large = False
     for kp in keypoint_arrays:
-        xy = np.abs(np.asarray(kp, dtype=np.float64)[..., :2])
-        finite = xy[np.isfinite(xy)]
-        if finite.size and float(finite.max()) > PIXEL_UNITS_THRESHOLD:
-            return UNITS_PIXELS
-    return UNITS_NORMALIZED
+        kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
+        xy = np.abs(kp[:, :2])
+        finite = np.isfinite(xy).all(axis=1)
+        any_large = any_large or bool((xy[finite] > PIXEL_UNITS_THRESHOLD).any())
+        visible = finite & np.isfinite(kp[:, 2]) & (kp[:, 2] > 0)
+        if visible.any():
+            if float(xy[visible].max()) > PIXEL_UNITS_THRESHOLD:
+                pixel_votes += 1
+            else:
+                normalized_votes += 1
+    if pixel_votes == normalized_votes == 0:
+        units = UNITS_PIXELS if any_large else UNITS_NORMALIZED
+        return UnitsDecision(units, basis="all")
+    units = UNITS_PIXELS if pixel_votes >= normalized_votes else UNITS_NORMALIZED
+    return UnitsDecision(units, pixel_votes, normalized_votes)
+
+
+def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:
+    """Units of a shard's keypoints (`decide_units(...).units`)."""
+    return decide_units(keypoint_arrays).units
 
 
 def to_normalized(kp: np.ndarray, units: str) -> np.ndarray:

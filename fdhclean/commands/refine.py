@@ -133,6 +133,9 @@ def _print_outcome(outcome, settings, console) -> None:
     )
     for name, message in outcome.failed.items():
         console.print(f"[red]FAILED {name}: {message}[/red]")
+    for result in outcome.results:
+        if result.units_ambiguous:
+            console.print(f"[yellow]units of {result.shard}: {result.units_ambiguous}[/yellow]")
     if outcome.manifest is not None:
         totals = outcome.manifest.totals
         scope = f"split {settings.split} (all shards)"

@@ -87,6 +87,8 @@ def sum_totals(results: list[ShardResult]) -> dict[str, Any]:
         "errors": dict(sorted(errors.items())),
         "box_sources": dict(sorted(boxes.items())),
         "shard_keypoint_units": dict(sorted(units.items())),
+        # shards whose samples disagreed on the units (see each shard's `units_ambiguous`)
+        "units_ambiguous_shards": [r.shard for r in results if r.units_ambiguous],
     }
 
 

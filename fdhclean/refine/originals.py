@@ -18,13 +18,14 @@ from typing import Protocol
 
 import numpy as np
 
+from fdhclean.decode import UnitsDecision, decide_units
 from fdhclean.fdh import NUM_KEYPOINTS
 from fdhclean.refine.sample import STATUS_OK, Sample
-from fdhclean.shards import detect_units, encode_npy, from_normalized, to_normalized
+from fdhclean.shards import encode_npy, from_normalized, to_normalized
 
 
 class OriginalSource(Protocol):
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> UnitsDecision:
         """Set `orig_norm` (and `restore_keypoints`) of every `ok` sample; return the units."""
         ...
 
@@ -32,13 +33,13 @@ class OriginalSource(Protocol):
 class StoredOriginals:
     """The shard's own `keypoints.npy` is the original (refine); units detected per shard."""
 
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
-        units = detect_units(s.keypoints for s in samples if s.status == STATUS_OK)
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> UnitsDecision:
+        decision = decide_units(s.keypoints for s in samples if s.status == STATUS_OK)
         for s in samples:
             if s.status == STATUS_OK:
                 kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
-                s.orig_norm = to_normalized(kp, units)
-        return units
+                s.orig_norm = to_normalized(kp, decision.units)
+        return decision
 
 
 def parent_report_path(shard_path: Path) -> Path:
@@ -69,7 +70,7 @@ class ReportOriginals:
 
     COLUMNS = ("status", "error", "updated", "orig_keypoints", "keypoint_units")
 
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
+    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> UnitsDecision:
         rows = read_parent_rows(shard_path, self.COLUMNS)
         if [s.key for s in samples] != list(rows):
             raise ValueError(
@@ -91,4 +92,4 @@ class ReportOriginals:
                 stored = np.asarray(s.keypoints)
                 original = from_normalized(s.orig_norm, units, stored.dtype)
                 s.restore_keypoints = encode_npy(original.reshape(stored.shape))
-        return units
+        return UnitsDecision(units, basis="report")  # the parent run decided them

@@ -18,12 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from fdhclean.decode import UnitsDecision
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
     MEMBER_KEYPOINTS,
     MEMBER_KEYPOINTS_ESTIMATED,
     MEMBER_KEYPOINTS_ORIGINAL,
+    UNITS_NORMALIZED,
+    UNITS_PIXELS,
 )
 from fdhclean.manifest import sha256_file
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
@@ -73,6 +76,8 @@ class ShardResult:
     output_sha256: str = ""
     seconds: float = 0.0
     fingerprint: str = ""
+    # why the units are in doubt ("" when every sample with a visible keypoint agreed)
+    units_ambiguous: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardResult:
@@ -132,7 +137,8 @@ def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
 def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> ShardResult:
     raw_samples = read_shard(shard_path)
     samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in raw_samples]
-    units = ctx.originals.prepare(shard_path, samples)
+    decision = ctx.originals.prepare(shard_path, samples)
+    units = decision.units
     attach_estimates(samples, estimates)
     updated, tie, orig, new = vote_samples(samples, ctx)
 
@@ -144,8 +150,20 @@ def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> Shard
     fill_report_rows(rows, samples, updated, tie, orig, new, units)
     write_report(report_path, rows)
     result = summarise(shard_path, tar_path, samples, updated, tie, units)
+    result.units_ambiguous = units_warning(decision)
     result.input_sha256, result.output_sha256 = input_hash.result(), output_hash.result()
     return result
+
+
+def units_warning(decision: UnitsDecision) -> str:
+    if not decision.dissent:
+        return ""
+    voters = decision.pixel_votes + decision.normalized_votes
+    other = UNITS_NORMALIZED if decision.units == UNITS_PIXELS else UNITS_PIXELS
+    return (
+        f"{decision.dissent} of {voters} samples with visible keypoints look like {other} "
+        f"(|x| or |y| > 1.5 decides pixels); the shard was read as {decision.units}"
+    )
 
 
 def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray]) -> None:
@@ -226,8 +244,14 @@ def write_cleaned_shard(
             replace: dict[str, bytes] = {}
             add: dict[str, bytes] = {}
             if s.status == STATUS_OK:
+                kept = None
                 if updated[i]:
                     kp = chosen_keypoints(s.keypoints, s.estimate_norm, True, new_min_score, units)
+                    kept = unstorable(kp, s.estimate_norm, units, new_min_score)
+                if kept is not None:  # never write a value the stored dtype cannot hold
+                    updated[i] = False
+                    s.error = f"kept the original: {kept}"
+                elif updated[i]:
                     replace[MEMBER_KEYPOINTS] = encode_npy(kp)
                 elif s.restore_keypoints is not None:  # a revote keeps a replaced original
                     replace[MEMBER_KEYPOINTS] = s.restore_keypoints
@@ -240,6 +264,31 @@ def write_cleaned_shard(
             writer.write(s.key, copy_sample_members(s.raw, replace=replace, add=add))
             rows.append(empty_row())
     return rows
+
+
+def unstorable(stored: np.ndarray, estimate_norm: np.ndarray, units: str, min_score: float):
+    """Why `stored` (the estimate cast to keypoints.npy's dtype) does not hold the estimate,
+    or None. Integer storage rounds to whole pixels (<= 0.5 off); anything further (uint8
+    wrapping y = 268 to 12, overflow, normalised units in integers) is refused."""
+    dtype = stored.dtype
+    if not np.issubdtype(dtype, np.integer):
+        if not np.isfinite(stored.astype(np.float64)).all():
+            return f"the estimate overflows keypoints.npy's dtype {dtype}"
+        return None
+    if units != UNITS_PIXELS:
+        return f"keypoints.npy stores normalised units as {dtype}: an estimate would be lost"
+    wanted = chosen_keypoints(
+        np.zeros(stored.shape, np.float64), estimate_norm, True, min_score, units
+    ).reshape(-1, 3)
+    got = stored.astype(np.float64).reshape(-1, 3)
+    far = np.abs(got - np.rint(wanted)) > 0
+    if far.any():
+        j, c = np.argwhere(far)[0]
+        return (
+            f"keypoint {j} {'xyv'[c]} = {wanted[j, c]:.1f} does not fit keypoints.npy's dtype "
+            f"{dtype} (it would be stored as {got[j, c]:.0f})"
+        )
+    return None
 
 
 def fill_report_rows(rows, samples, updated, tie, orig, new, units) -> None:
