@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ __all__ = [
     "KEYPOINTS_SHAPE",
     "UNITS",
     "UnitsDecision",
+    "check_png",
     "decode_image",
     "decode_keypoints",
     "decode_mask",
@@ -44,15 +46,59 @@ __all__ = [
     "detect_units",
     "encode_npy",
     "encode_png",
+    "png_header",
     "from_normalized",
     "to_normalized",
 ]
 
 
-def _open_png(data: bytes) -> Image.Image:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> allowed bit depths (PNG spec, IHDR)
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) of a PNG, from its signature and IHDR chunk
+    alone (33 bytes, no decompression); ValueError when they are not a valid PNG start.
+
+    Cheap enough for every member refine does not decode, and it sees a decompression bomb's
+    dimensions before any decoder allocates them.
+    """
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE:
+        raise ValueError(f"not a PNG ({len(data)} bytes, no PNG signature)")
+    length, kind = int.from_bytes(data[8:12], "big"), data[12:16]
+    if kind != b"IHDR" or length != 13:
+        raise ValueError("not a PNG (the first chunk is not a 13-byte IHDR)")
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        raise ValueError("corrupt PNG header (IHDR CRC mismatch)")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    if width == 0 or height == 0 or depth not in _PNG_DEPTHS.get(colour, ()):
+        raise ValueError(f"invalid PNG header ({width}x{height}, depth {depth}, colour {colour})")
+    return width, height, depth, colour
+
+
+def check_png(data: bytes, shape: tuple[int, int], colours: tuple[int, ...]) -> None:
+    """ValueError unless `data` starts as a PNG of `shape` (H, W) with one of `colours`."""
+    width, height, _, colour = png_header(data)
+    if (height, width) != tuple(shape):
+        raise ValueError(f"PNG is {height}x{width} (HxW), expected {shape[0]}x{shape[1]}")
+    if colour not in colours:
+        raise ValueError(f"PNG has colour type {colour}, expected one of {colours}")
+
+
+def _open_png(data: bytes, shape: tuple[int, int] | None = None) -> Image.Image:
+    """Decode a PNG; with `shape`, its header is checked first, so a PNG of another size
+    (a decompression bomb included) is refused before anything is decompressed."""
     try:
+        if shape is not None:
+            width, height, _, _ = png_header(data)
+            _check_shape("PNG", (height, width), shape)
         image = Image.open(io.BytesIO(data), formats=["PNG"])  # no format probing: PNG only
         image.load()
+    except Image.DecompressionBombError as exc:  # any size allowed, but past PIL's limit
+        raise ValueError(f"decompression bomb refused ({len(data)} bytes): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"undecodable image ({len(data)} bytes): {exc}") from exc
     return image
@@ -65,7 +111,7 @@ def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...] | 
 
 def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """`image.png` -> uint8 (H, W, 3) RGB. `shape=None` accepts any size (resampled copies)."""
-    image = _open_png(data)
+    image = _open_png(data, shape)
     if image.mode != "RGB":
         # Grey or palette PNGs are still images; alpha would be silently dropped, so refuse it.
         if "A" in image.getbands() or image.mode in ("I", "I;16", "F"):
@@ -79,7 +125,7 @@ def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.n
 
 def decode_mask(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """A 1-channel mask PNG -> bool (H, W), `value > 0` (stored 0/1 or 0/255, fdh-format.md)."""
-    image = _open_png(data)
+    image = _open_png(data, shape)
     if len(image.getbands()) != 1:
         raise ValueError(f"mask has mode {image.mode!r}, expected a 1-channel PNG")
     if image.mode == "P":

@@ -89,6 +89,8 @@ def sum_totals(results: list[ShardResult]) -> dict[str, Any]:
         "shard_keypoint_units": dict(sorted(units.items())),
         # shards whose samples disagreed on the units (see each shard's `units_ambiguous`)
         "units_ambiguous_shards": [r.shard for r in results if r.units_ambiguous],
+        # shard -> {key: status} of the samples training must skip (status is an error)
+        "error_samples": {r.shard: r.error_samples for r in results if r.error_samples},
     }
 
 

@@ -8,11 +8,14 @@ estimator decodes it on its own workers. A sample that cannot be voted gets a st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from fdhclean.box import person_box
+from fdhclean.decode import PNG_GREY, PNG_PALETTE, PNG_RGB, check_png
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
@@ -25,6 +28,8 @@ from fdhclean.fdh import (
     NUM_KEYPOINTS,
 )
 from fdhclean.shards import RawSample, decode_keypoints, decode_mask, decode_vertices
+
+T = TypeVar("T")
 
 STATUS_OK = "ok"
 STATUS_NO_ESTIMATE = "no-estimate"
@@ -66,11 +71,17 @@ class Sample:
 
 
 # Every FDH member must be there (a cleaned sample is a training sample); the vote decodes
-# only some of them, so the others are checked for presence, not decoded (that would cost a
-# 288x160 RGB PNG decode per sample).
+# only some of them. The others get their PNG signature and IHDR header checked (33 bytes, no
+# decompression): a full decode would cost a 288x160 RGB PNG per sample, while a junk or
+# wrong-sized image.png is still caught here instead of crashing training later.
 REQUIRED_MEMBERS = (
     MEMBER_IMAGE, MEMBER_MASK, MEMBER_MASKRCNN, MEMBER_EMASK, MEMBER_VERTICES, MEMBER_KEYPOINTS,
 )  # fmt: skip
+_NOT_DECODED_PNGS = {
+    MEMBER_IMAGE: (PNG_GREY, PNG_RGB, PNG_PALETTE),  # what decode_image accepts (no alpha)
+    MEMBER_MASK: (PNG_GREY, PNG_PALETTE),  # 1-channel, as decode_mask requires
+    MEMBER_MASKRCNN: (PNG_GREY, PNG_PALETTE),
+}
 
 
 def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
@@ -89,10 +100,16 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
         sample.fail(STATUS_BAD_MEMBER, f"missing member(s): {', '.join(missing)}")
         return sample
     try:
-        emask = decode_mask(raw.get(MEMBER_EMASK))
-        vertices = decode_vertices(raw.get(MEMBER_VERTICES))
+        emask = _member(raw, MEMBER_EMASK, decode_mask)
+        vertices = _member(raw, MEMBER_VERTICES, decode_vertices)
         _check_vertex_ids(vertices, emask, num_vertices)
-        known = _ALL_KNOWN if emask.any() else decode_mask(raw.get(MEMBER_MASK))
+        if emask.any():
+            known = _ALL_KNOWN
+            _member(raw, MEMBER_MASK, _png_check(MEMBER_MASK))
+        else:
+            known = _member(raw, MEMBER_MASK, decode_mask)
+        for name in (MEMBER_IMAGE, MEMBER_MASKRCNN):
+            _member(raw, name, _png_check(name))
         sample.box, sample.box_source = person_box(emask, known)
         sample.emask, sample.vertices = emask, vertices
     except (KeyError, ValueError, OSError) as exc:  # missing / undecodable / wrong shape
@@ -101,6 +118,19 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     if not np.isfinite(np.asarray(keypoints, dtype=np.float64)).all():
         sample.fail(STATUS_BAD_KEYPOINTS, "original keypoints contain NaN or inf")
     return sample
+
+
+def _member(raw: RawSample, name: str, decode: Callable[[bytes], T]) -> T:
+    """`decode(bytes of member name)`, its ValueError naming the member as stored."""
+    data = raw.get(name)
+    try:
+        return decode(data)
+    except ValueError as exc:
+        raise ValueError(f"{raw.find(name)}: {exc}") from exc
+
+
+def _png_check(name: str) -> Callable[[bytes], None]:
+    return lambda data: check_png(data, (IMAGE_H, IMAGE_W), _NOT_DECODED_PNGS[name])
 
 
 def _check_vertex_ids(vertices: np.ndarray, emask: np.ndarray, num_vertices: int) -> None:

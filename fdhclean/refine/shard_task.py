@@ -78,6 +78,9 @@ class ShardResult:
     fingerprint: str = ""
     # why the units are in doubt ("" when every sample with a visible keypoint agreed)
     units_ambiguous: str = ""
+    # key -> status of every sample whose status is an error (the manifest lists them, so
+    # training can skip them without reading the report)
+    error_samples: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardResult:
@@ -331,6 +334,7 @@ def summarise(shard_path, tar_path, samples, updated, tie, units) -> ShardResult
         errors=dict(sorted(Counter(s.status for s in samples if s.status != STATUS_OK).items())),
         box_sources=dict(sorted(Counter(s.box_source for s in samples if s.box_source).items())),
         keypoint_units=units,
+        error_samples={s.key: s.status for s in samples if s.status != STATUS_OK},
         input_bytes=shard_path.stat().st_size,
         output_bytes=tar_path.stat().st_size,
     )
