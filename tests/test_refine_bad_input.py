@@ -180,3 +180,22 @@ def test_keys_that_are_not_integers_are_decided_per_sample(synth_copy, tmp_path,
     assert main(["finalize", str(out), "--split", "val"]) == 1
     err = capsys.readouterr().err
     assert "run.json" in err and "Traceback" not in err
+
+
+def test_an_input_changed_with_the_same_size_is_redone(synth_copy, tmp_path, capsys):
+    """Issue 12 class 7: the marker identifies the input by its sha256, not its size."""
+    out = tmp_path / "out"
+    assert _refine(synth_copy, out) == 0
+    shard = sorted((synth_copy / "val").glob("out-*.tar"))[1]
+    size = shard.stat().st_size
+    moved = np.tile(np.array([0.5, 0.5, 1.0], np.float32), (17, 1))
+    doctor_shard(shard, {0: _set("keypoints.npy", _npy(moved))})
+    assert shard.stat().st_size == size
+    capsys.readouterr()
+    assert _refine(synth_copy, out) == 0
+    assert "1 cleaned, 2 already complete" in capsys.readouterr().err
+    manifest = json.loads((out / "val" / "manifest.json").read_text())
+    summary = json.loads((out / "val" / "refine_summary.json").read_text())
+    recorded = {s["shard"]: s["input_sha256"] for s in summary["shards"]}
+    assert recorded[shard.name] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert manifest["totals"]["samples"] == 36

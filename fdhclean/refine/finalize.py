@@ -12,7 +12,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fdhclean.manifest import Manifest, ShardEntry, base_provenance, build_manifest, listing_hash
+from fdhclean.manifest import (
+    Manifest,
+    ShardEntry,
+    base_provenance,
+    build_manifest,
+    listing_hash,
+    sha256_file,
+)
 from fdhclean.refine.sample import ERROR_STATUSES
 from fdhclean.refine.shard_task import ShardResult, output_paths
 from fdhclean.shards import atomic_write_bytes, list_shards
@@ -41,11 +48,21 @@ def read_run_record(split_out: Path) -> dict[str, Any]:
 
 
 def completed_results(
-    split_out: Path, shard_names: list[str], fingerprint: str, input_dir: Path
+    split_out: Path,
+    shard_names: list[str],
+    fingerprint: str,
+    input_dir: Path,
+    verify_inputs: bool = False,
 ) -> dict[str, ShardResult]:
     """Shards whose completion marker was written under the same settings and whose files
     still match it: the cleaned shard and report exist, the cleaned shard and the input shard
-    have the sizes the marker recorded (a changed input or a lost output is redone)."""
+    have the sizes the marker recorded (a changed input or a lost output is redone).
+
+    `verify_inputs`: the input's sha256 must also be the one the marker recorded (an input
+    changed in place with the same size is redone). A rank's resume does this for its own
+    shards (one read of each completed input); `finalize` checks sizes only, so that the last
+    rank does not re-read the whole split.
+    """
     results = {}
     for name in shard_names:
         tar_path, report_path, marker = output_paths(split_out, name)
@@ -60,9 +77,17 @@ def completed_results(
             and report_path.is_file()
             and _size(tar_path) == result.output_bytes
             and _size(input_dir / name) == result.input_bytes
+            and (not verify_inputs or _sha256(input_dir / name) == result.input_sha256)
         ):
             results[name] = result
     return results
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def _size(path: Path) -> int | None:

@@ -80,7 +80,8 @@ def run_refine(
         originals=ReportOriginals() if settings.revote else StoredOriginals(),
     )
     input_dir = settings.data_root / settings.split
-    done = completed_results(split_out, [p.name for p in mine], record["fingerprint"], input_dir)
+    names = [p.name for p in mine]
+    done = completed_results(split_out, names, record["fingerprint"], input_dir, True)
     outcome = RefineOutcome(skipped=sorted(done))
     todo = [p for p in mine if p.name not in done]
     if progress is not None:
