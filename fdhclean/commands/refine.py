@@ -127,12 +127,15 @@ def _print_outcome(outcome, settings, console) -> None:
     from fdhclean.refine.finalize import sum_totals
     from fdhclean.refine.runner import summary_lines
 
+    busy = f", {len(outcome.busy)} in use by another process" if outcome.busy else ""
     console.print(
         f"shards: {len(outcome.results)} cleaned, {len(outcome.skipped)} already "
-        f"complete, {len(outcome.failed)} failed"
+        f"complete, {len(outcome.failed)} failed{busy}"
     )
     for name, message in outcome.failed.items():
         console.print(f"[red]FAILED {name}: {message}[/red]")
+    for message in outcome.busy.values():
+        console.print(f"[yellow]IN USE {message}[/yellow]")
     for result in outcome.results:
         if result.units_ambiguous:
             console.print(f"[yellow]units of {result.shard}: {result.units_ambiguous}[/yellow]")

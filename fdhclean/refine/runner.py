@@ -10,6 +10,7 @@ the N processes do all the work).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from fdhclean.refine.finalize import (
     completed_results,
     finalize_split,
 )
+from fdhclean.refine.lock import ShardInUseError
 from fdhclean.refine.originals import ReportOriginals, StoredOriginals
 from fdhclean.refine.settings import RefineSettings
 from fdhclean.refine.shard_task import ShardResult, VoteContext, process_shard
@@ -39,12 +41,32 @@ class ConfigurationMismatchError(RuntimeError):
 
 
 @dataclass
+class ShardDone:
+    """How one shard of this run ended: cleaned (`result`), failed (`error`, why), or left to
+    the live process that holds its lock (`busy`, who)."""
+
+    path: Path
+    result: ShardResult | None = None
+    error: str | None = None
+    busy: str | None = None
+
+
+@dataclass
 class RefineOutcome:
     results: list[ShardResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)  # shard -> message naming the holder
     manifest: Manifest | None = None
     pending_elsewhere: int = 0
+
+    def add(self, item: ShardDone) -> None:
+        if item.result is not None:
+            self.results.append(item.result)
+        elif item.busy is not None:
+            self.busy[item.path.name] = item.busy
+        else:
+            self.failed[item.path.name] = item.error or "failed"
 
     @property
     def exit_code(self) -> int:
@@ -86,14 +108,10 @@ def run_refine(
     todo = [p for p in mine if p.name not in done]
     if progress is not None:
         progress(None, len(todo))
-    for path, result in _run_shards(todo, split_out, ctx, source, settings.workers):
-        if isinstance(result, ShardResult):
-            outcome.results.append(result)
-        else:
-            outcome.failed[path.name] = result
+    for item in _run_shards(todo, split_out, ctx, source, settings.workers):
+        outcome.add(item)
         if progress is not None:
-            done_result = result if isinstance(result, ShardResult) else ShardResult(path.name)
-            progress(done_result, len(todo))
+            progress(item.result or ShardResult(item.path.name), len(todo))
     try:
         outcome.manifest = finalize_split(split_out)
     except IncompleteSplitError:
@@ -184,8 +202,8 @@ def _worker_task(shard_path: Path, estimates) -> ShardResult:
 
 def _run_shards(
     todo: list[Path], split_out: Path, ctx: VoteContext, source: EstimateSource, workers: int
-) -> Iterator[tuple[Path, ShardResult | str]]:
-    """Yield (shard, result or error message) as shards finish; one bad shard fails alone.
+) -> Iterator[ShardDone]:
+    """Yield how each shard ended, as shards finish; one bad shard fails alone.
 
     Estimates come shard by shard from `source.estimates(todo)`: None where each worker loads
     them itself (predictions file), a mapping where a model produced them in this process,
@@ -195,23 +213,27 @@ def _run_shards(
     if workers <= 0:
         for path, estimates in tasks:
             if isinstance(estimates, str):
-                yield path, estimates
+                yield ShardDone(path, error=estimates)
                 continue
             try:
                 if estimates is None:
                     estimates = source.for_shard(path)
-                yield path, process_shard(path, split_out, ctx, estimates)
+                yield ShardDone(path, result=process_shard(path, split_out, ctx, estimates))
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-                yield path, _shard_error(path, exc)
+                yield _shard_error(path, exc)
         return
-    # Shard-parallel: workers vote and write while this process runs the model (if any).
+    yield from _run_pool(tasks, split_out, ctx, source, workers)
+
+
+def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
+    """Shard-parallel: workers vote and write while this process runs the model (if any)."""
     with ProcessPoolExecutor(
         workers, initializer=_init_worker, initargs=(split_out, ctx, source.for_workers())
     ) as pool:
         pending: list[tuple[Path, Future]] = []
         for path, estimates in tasks:
             if isinstance(estimates, str):
-                yield path, estimates
+                yield ShardDone(path, error=estimates)
                 continue
             pending.append((path, pool.submit(_worker_task, path, estimates)))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
@@ -220,17 +242,24 @@ def _run_shards(
             yield _collect(*item)
 
 
-def _collect(path: Path, future: Future) -> tuple[Path, ShardResult | str]:
+def _collect(path: Path, future: Future) -> ShardDone:
     try:
-        return path, future.result()
+        return ShardDone(path, result=future.result())
     except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-        return path, _shard_error(path, exc)
+        return _shard_error(path, exc)
 
 
-def _shard_error(path: Path, exc: BaseException) -> str:
+def _shard_error(path: Path, exc: BaseException) -> ShardDone:
+    if isinstance(exc, ShardInUseError):
+        return ShardDone(path, busy=str(exc))
     if isinstance(exc, ShardReadError):
-        return str(exc)
-    return f"shard {path} failed: {type(exc).__name__}: {exc}"
+        return ShardDone(path, error=str(exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return ShardDone(path, error=f"shard {path.name}: cannot write its outputs: {exc}")
+    return ShardDone(path, error=f"shard {path} failed: {type(exc).__name__}: {exc}")
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES)
 
 
 def summary_lines(totals: dict[str, Any]) -> list[str]:

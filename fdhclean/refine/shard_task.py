@@ -29,6 +29,7 @@ from fdhclean.fdh import (
     UNITS_PIXELS,
 )
 from fdhclean.manifest import sha256_file
+from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
 from fdhclean.refine.report import empty_row, flat_keypoints, write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
@@ -108,21 +109,36 @@ def process_shard(
     Raises `ShardReadError` when the shard cannot be read; per-sample problems become status
     codes in the report instead.
     """
-    start = time.perf_counter()
-    remove_stale_temporaries(split_out, shard_path.name)
-    # hashlib releases the GIL: the input and output hashes run beside the decoding and the
-    # report instead of re-reading both files at the end.
-    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-    try:
-        input_hash = hasher.submit(sha256_file, shard_path)
-        result = _process(shard_path, split_out, ctx, estimates, hasher, input_hash)
-    finally:
-        hasher.shutdown(wait=True)
-    result.seconds = round(time.perf_counter() - start, 3)
-    result.fingerprint = ctx.fingerprint
-    marker_path = output_paths(split_out, shard_path.name)[2]
-    atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
+    with shard_lock(split_out, shard_path.name):  # ShardInUseError: another process has it
+        done = _completed_meanwhile(shard_path, split_out, ctx)
+        if done is not None:
+            return done
+        start = time.perf_counter()
+        remove_stale_temporaries(split_out, shard_path.name)  # ours alone: we hold the lock
+        # hashlib releases the GIL: the input and output hashes run beside the decoding and
+        # the report instead of re-reading both files at the end.
+        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        try:
+            input_hash = hasher.submit(sha256_file, shard_path)
+            result = _process(shard_path, split_out, ctx, estimates, hasher, input_hash)
+        finally:
+            hasher.shutdown(wait=True)
+        result.seconds = round(time.perf_counter() - start, 3)
+        result.fingerprint = ctx.fingerprint
+        marker_path = output_paths(split_out, shard_path.name)[2]
+        atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
     return result
+
+
+def _completed_meanwhile(shard_path: Path, split_out: Path, ctx: VoteContext):
+    """The shard's result when another process completed it since this run listed its
+    work (it held the lock then); None when it still has to be cleaned."""
+    from fdhclean.refine.finalize import completed_results  # (finalize imports this module)
+
+    done = completed_results(
+        split_out, [shard_path.name], ctx.fingerprint, shard_path.parent, verify_inputs=True
+    )
+    return done.get(shard_path.name)
 
 
 def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
