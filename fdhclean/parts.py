@@ -9,8 +9,11 @@ the Meshcapade segmentation and a midpoint the union of its two original neighbo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,10 @@ from fdhclean.fdh import PART_NAMES
 from fdhclean.safe_pickle import load_pickle_restricted
 
 MAX_PARTS = 32  # bits of a uint32 mask
+# Bounds for untrusted inputs (DensePose's mesh has 27554 vertices): a part table array or a
+# mesh larger than this is refused before it is allocated.
+MAX_VERTICES = 1 << 24
+MAX_NPY_BYTES = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -96,16 +103,19 @@ class PartTable:
     def load(cls, path: str | os.PathLike[str]) -> PartTable:
         """Read a table written by `save` (no pickles); errors name the file and the problem."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = {"vertex_parts", "part_names"} - set(data.files)
+            with zipfile.ZipFile(path) as archive:
+                missing = {"vertex_parts.npy", "part_names.npy"} - set(archive.namelist())
                 if missing:
-                    raise ValueError(f"missing array(s) {sorted(missing)}; has {data.files}")
-                parts = data["vertex_parts"]
-                names = data["part_names"]
+                    raise ValueError(f"missing array(s) {sorted(missing)}")
+                parts = _read_npy(archive, "vertex_parts.npy")
+                names = _read_npy(archive, "part_names.npy")
         except FileNotFoundError:
             raise FileNotFoundError(f"part table {path} does not exist") from None
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"part table {path}: not a valid part table npz ({exc})") from exc
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ValueError(
+                f"part table {path}: not a valid part table npz ({type(exc).__name__}: {exc}); "
+                "rebuild it with `fdhclean parts build`"
+            ) from None
         if parts.dtype != np.uint32 or parts.ndim != 1:
             raise ValueError(
                 f"part table {path}: vertex_parts must be 1-D uint32, got {parts.dtype} "
@@ -117,6 +127,35 @@ class PartTable:
             return cls(parts.astype(np.uint32), tuple(names.tolist()))
         except ValueError as exc:
             raise ValueError(f"part table {path}: {exc}") from None
+
+
+def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One `.npy` member, its size bounded before anything is allocated (a truncated or
+    forged table is an error, not a MemoryError: numpy allocates what the header claims)."""
+    with archive.open(name) as member:
+        raw = member.read(MAX_NPY_BYTES + 1)  # decompresses no more than this
+    if len(raw) > MAX_NPY_BYTES:
+        raise ValueError(f"{name} is larger than {MAX_NPY_BYTES} bytes")
+    stream = io.BytesIO(raw)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected != len(raw) - stream.tell():
+        raise ValueError(
+            f"{name}: its header claims {shape} {dtype} ({expected} bytes) but it holds "
+            f"{len(raw) - stream.tell()} (truncated or forged)"
+        )
+    stream.seek(0)
+    return np.lib.format.read_array(stream, allow_pickle=False)
 
 
 def part_bits(names: Iterable[str], part_names: Iterable[str] = PART_NAMES) -> int:
@@ -141,6 +180,10 @@ def load_segmentation(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             raw = json.load(stream)
     except json.JSONDecodeError as exc:
         raise ValueError(f"segmentation {path}: invalid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"segmentation {path}: not UTF-8 text ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"segmentation {path}: JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise ValueError(f"segmentation {path}: expected an object of part name -> vertex ids")
     missing = [n for n in PART_NAMES if n not in raw]
@@ -154,10 +197,11 @@ def load_segmentation(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     for name in PART_NAMES:
         ids = raw[name]
         if not isinstance(ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_VERTICES for i in ids
         ):
             raise ValueError(
-                f"segmentation {path}: part {name!r} must be a list of non-negative integers"
+                f"segmentation {path}: part {name!r} must be a list of non-negative integers "
+                f"(vertex ids below {MAX_VERTICES})"
             )
         out[name] = np.asarray(ids, dtype=np.int64)
     return out
@@ -171,8 +215,8 @@ def load_cse_mesh(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(
             f"CSE mesh {path}: expected a dict with 'vertices' and 'faces', got {keys}"
         )
-    vertices = np.asarray(data["vertices"])
-    faces = np.asarray(data["faces"])
+    vertices = _mesh_array(data["vertices"], "vertices", path)
+    faces = _mesh_array(data["faces"], "faces", path)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"CSE mesh {path}: vertices must have shape (N, 3), got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
@@ -183,8 +227,31 @@ def load_cse_mesh(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     return vertices.astype(np.float64), faces.astype(np.int64)
 
 
-def _segmentation_masks(segmentation: Mapping[str, np.ndarray]) -> np.ndarray:
-    """uint32 masks of the original vertices 0..max id; every id must have a part."""
+def _mesh_array(value: object, name: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """A numeric (N, 3) array from the mesh pickle, its size checked before `np.asarray`
+    (a list of a million references to one array is small on disk and huge once copied)."""
+    if isinstance(value, (list, tuple)):
+        ok = len(value) <= MAX_VERTICES * 2 and all(
+            isinstance(row, (list, tuple))
+            and len(row) == 3
+            and all(isinstance(v, (int, float, np.number)) for v in row)
+            for row in value
+        )
+        if not ok:
+            raise ValueError(f"CSE mesh {path}: {name} must be rows of 3 numbers")
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        raise ValueError(f"CSE mesh {path}: {name} must be a numeric array, got {type(value)}")
+    if value.size > 3 * MAX_VERTICES * 2:
+        raise ValueError(f"CSE mesh {path}: {name} has {value.size} values, too many for a mesh")
+    return value
+
+
+def _segmentation_masks(
+    segmentation: Mapping[str, np.ndarray], num_vertices: int | None = None
+) -> np.ndarray:
+    """uint32 masks of the original vertices 0..max id; every id must have a part, and the
+    ids must be vertices of the mesh (checked before the masks are allocated)."""
     unknown = sorted(set(segmentation) - set(PART_NAMES))
     if unknown:
         raise ValueError(f"segmentation names unknown part(s) {unknown}")
@@ -195,6 +262,13 @@ def _segmentation_masks(segmentation: Mapping[str, np.ndarray]) -> np.ndarray:
     if min(int(ids.min()) for ids in all_ids) < 0:
         raise ValueError("segmentation has a negative vertex id")
     n_orig = max(int(ids.max()) for ids in all_ids) + 1
+    limit = MAX_VERTICES if num_vertices is None else min(int(num_vertices), MAX_VERTICES)
+    if n_orig > limit:
+        raise ValueError(
+            f"segmentation names vertex id {n_orig - 1}, but the mesh has only {limit} vertices "
+            "(ids 0.."
+            f"{limit - 1}); is it the segmentation of this mesh?"
+        )
     masks = np.zeros(n_orig, dtype=np.uint32)
     for name, ids in ids_per_part.items():
         np.bitwise_or.at(masks, ids, np.uint32(1 << PART_NAMES.index(name)))
@@ -282,7 +356,10 @@ def build_part_table(
     The number of originals is the segmentation's largest id + 1 (spec section 1); originals
     keep their parts, each midpoint takes the union of its two original neighbours' parts.
     """
-    masks = _segmentation_masks(segmentation)
+    limit = num_vertices
+    if limit is None and np.asarray(faces).size:
+        limit = int(np.asarray(faces).max()) + 1
+    masks = _segmentation_masks(segmentation, limit)
     parents = midpoint_parents(faces, masks.shape[0], num_vertices)
     midpoint_masks = masks[parents[:, 0]] | masks[parents[:, 1]]
     return PartTable(np.concatenate([masks, midpoint_masks]).astype(np.uint32), PART_NAMES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import os
 import tarfile
@@ -64,6 +65,19 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
     return bytes(block)
 
 
+def _check_utf8(key: str, members: Mapping[str, bytes], path: Path) -> None:
+    """Member names are written as UTF-8: a name that cannot be (a lone surrogate, as Python
+    decodes undecodable bytes) is refused naming the sample, never a UnicodeEncodeError."""
+    for suffix in members:
+        try:
+            f"{key}.{suffix}".encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"sample {key!r} for {path}: member name {f'{key}.{suffix}'!r} is not valid "
+                "UTF-8 text"
+            ) from None
+
+
 class ShardWriter:
     """Write one shard atomically with deterministic headers.
 
@@ -71,15 +85,19 @@ class ShardWriter:
     fsyncs it and renames it to `path`; an exception (or `abort()`) removes it, so `path` is
     either the previous file or the complete new shard, never a partial one. The bytes are
     those Python's tarfile writes in PAX format (webdataset's default) with fixed mtime,
-    uid/gid 0, empty user/group names and mode 0o644.
+    uid/gid 0, empty user/group names and mode 0o644. Every byte is hashed as it is written:
+    after `close()`, `sha256` is the hex digest of the shard and `bytes` its size (no re-read).
     """
 
     def __init__(self, path: str | Path, *, mtime: int = 0) -> None:
         self.path = Path(path)
         self.mtime = int(mtime)
         self.samples = 0
+        self.sha256: str | None = None  # set by a clean close()
+        self.bytes = 0
         self._keys: set[str] = set()
         self._offset = 0
+        self._digest = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
@@ -116,13 +134,15 @@ class ShardWriter:
             if not suffix or "/" in suffix or suffix.lower() in seen:
                 raise ValueError(f"invalid or repeated member {suffix!r} in sample {key}")
             seen.add(suffix.lower())
+        _check_utf8(key, members, self.path)
+        write, update = self._file.write, self._digest.update
         for suffix, data in members.items():
             header = tar_header(f"{key}.{suffix}", len(data), self.mtime)
-            padding = -len(data) % BLOCK
-            self._file.write(header)
-            self._file.write(data)
-            self._file.write(b"\0" * padding)
-            self._offset += len(header) + len(data) + padding
+            padding = b"\0" * (-len(data) % BLOCK)
+            for part in (header, data, padding):
+                write(part)
+                update(part)
+            self._offset += len(header) + len(data) + len(padding)
         self._keys.add(key)
         self.samples += 1
 
@@ -133,7 +153,9 @@ class ShardWriter:
             return
         try:
             end = self._offset + 2 * BLOCK
-            self._file.write(b"\0" * (2 * BLOCK + (-end % tarfile.RECORDSIZE)))
+            trailer = b"\0" * (2 * BLOCK + (-end % tarfile.RECORDSIZE))
+            self._file.write(trailer)
+            self._digest.update(trailer)
             self._file.flush()
             os.fsync(self._file.fileno())
             os.fchmod(self._file.fileno(), 0o644)  # mkstemp makes 0600; shards are shared data
@@ -143,6 +165,7 @@ class ShardWriter:
             self.abort()
             raise
         self._file = None
+        self.sha256, self.bytes = self._digest.hexdigest(), self._offset + len(trailer)
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:

@@ -10,9 +10,6 @@ Member decoding (`fdhclean.decode`) and the writer (`fdhclean.shard_writer`) are
 
 from __future__ import annotations
 
-import contextlib
-import io
-import mmap
 import os
 import re
 import tarfile
@@ -38,6 +35,7 @@ from fdhclean.decode import (  # noqa: F401  (re-exported: one import site for s
     to_normalized,
 )
 from fdhclean.shard_writer import TAR_FORMAT, ShardWriter, tar_header  # noqa: F401  (re-exported)
+from fdhclean.tar_reader import TarFormatError, TarStream, walk_tar
 
 T = TypeVar("T")
 
@@ -79,6 +77,11 @@ class RawSample:
     shard: str
     index: int
     members: dict[str, bytes] = field(default_factory=dict)
+    # Byte offset of the sample's first header in the shard, and what is wrong with its members
+    # (a link or other non-regular member, whose data is not in `members`; a name that is not
+    # UTF-8, kept under its `\\xNN`-escaped name). Empty for a clean sample.
+    offset: int = 0
+    problems: list[str] = field(default_factory=list)
 
     def find(self, suffix: str) -> str | None:
         """The stored suffix equal to `suffix` ignoring case (`e_mask.png` -> `E_mask.png`)."""
@@ -101,141 +104,92 @@ class RawSample:
         return self.members[stored]
 
 
-def _check_end_of_archive(path: Path, data: mmap.mmap | bytes, offset: int) -> None:
-    """tarfile stops silently at a truncated or corrupt header; a complete tar ends in zeros."""
-    block = data[offset : offset + BLOCK]
-    if len(block) < BLOCK:
-        raise ShardReadError(path, f"truncated: no end-of-archive marker at byte {offset}")
-    if block.count(0) != BLOCK:
-        raise ShardReadError(path, f"corrupt tar header at byte {offset}")
+class ShardReader:
+    """Stream the samples of one shard; after a complete pass, what was read.
 
-
-@contextlib.contextmanager
-def _mapped_tar(path: Path) -> Iterator[tuple[tarfile.TarFile, mmap.mmap | bytes]]:
-    """The shard memory-mapped, and tarfile reading its headers from the map.
-
-    tarfile over a buffered file spends most of its time in `tell`/`read` calls; over the map
-    they are C slices, and member data is sliced straight out of it (no `extractfile`).
+    `for sample in ShardReader(path)` yields `RawSample`s in tar order, one at a time (memory is
+    bounded by one sample). Once the iteration has finished, `sha256` is the hex digest of every
+    byte of the file (computed during the one read; None with `hash=False`), `bytes_read` the
+    file's size, `samples` the number yielded and `archives` how many concatenated tar archives
+    the file held (1 for a normal shard). Raises ShardReadError naming the shard and byte offset
+    on what cannot be parsed (see `iter_shard`); samples yielded before it must be treated as
+    failed with the shard.
     """
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    except OSError as exc:
-        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-    try:
-        tar = tarfile.open(fileobj=data if size else io.BytesIO(), mode="r:")  # noqa: SIM115 (closed below)
-    except (OSError, ValueError, tarfile.TarError) as exc:  # mmap: ValueError past its end
-        if isinstance(data, mmap.mmap):
-            data.close()
-        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-    try:
-        yield tar, data
-    finally:
-        tar.close()
-        if isinstance(data, mmap.mmap):
-            data.close()
 
+    def __init__(self, path: str | Path, *, hash: bool = True) -> None:
+        self.path = Path(path)
+        self.hash = hash
+        self.sha256: str | None = None
+        self.bytes_read = 0
+        self.samples = 0
+        self.archives = 0
 
-_PLAIN_TYPES = (b"0", b"\0")
-_USTAR_MAGIC = (b"ustar\x0000", b"ustar  \0")
-
-
-def _plain_header(header: bytes) -> tuple[str, int] | None:
-    """(name, size) of a plain ustar regular-file header with a valid checksum, else None.
-
-    This covers every member Python's tarfile (and so webdataset) writes for short names;
-    anything else (PAX/GNU extension headers, a name prefix, base-256 sizes, other member
-    types, a bad checksum) returns None and is left to tarfile.
-    """
-    if (
-        header[156:157] not in _PLAIN_TYPES
-        or header[257:265] not in _USTAR_MAGIC
-        or header[345] != 0  # a ustar name prefix
-        or header[124] & 0x80  # base-256 size
-    ):
-        return None
-    try:
-        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        return None
-    if stored != sum(header) - sum(header[148:156]) + 8 * 32:  # checksum field as spaces
-        return None
-    return header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), size
-
-
-def _tar_members(path: Path, tar: tarfile.TarFile, mapped) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular member, in order, sliced out of the mapped shard.
-
-    Plain headers are parsed here (tarfile's Python header parsing is most of the cost of
-    reading a shard); any other header is handed to tarfile at its offset, which applies PAX /
-    GNU extensions, skips non-file members, or stops at a corrupt header.
-    """
-    offset = 0
-    while True:
-        header = mapped[offset : offset + BLOCK]
-        if len(header) < BLOCK:
-            raise ShardReadError(path, f"truncated: no end-of-archive marker at byte {offset}")
-        if header.count(0) == BLOCK:
-            return  # end-of-archive marker
-        plain = _plain_header(header)
-        if plain is not None:
-            name, size = plain
-            start = offset + BLOCK
-            offset = start + size + (-size % BLOCK)
-        else:
-            tar.firstmember, tar.offset = None, offset
+    def __iter__(self) -> Iterator[RawSample]:
+        try:
+            fh = open(self.path, "rb", buffering=1 << 16)  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise ShardReadError(self.path, f"{type(exc).__name__}: {exc}") from exc
+        with fh:
+            stream = TarStream(fh, os.fstat(fh.fileno()).st_size, digest=self.hash)
             try:
-                info = tar.next()
-            except (OSError, EOFError, ValueError, tarfile.TarError) as exc:  # ValueError: mmap
-                raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-            if info is None:  # tarfile stops silently at a corrupt header
-                _check_end_of_archive(path, mapped, offset)
-                return
-            offset = tar.offset
-            if not info.isfile():
-                continue  # directories and links carry no sample data (webdataset agrees)
-            name, size, start = info.name, info.size, info.offset_data
-        data = mapped[start : start + size]
-        if len(data) != size:
-            raise ShardReadError(path, f"member {name} truncated")
-        yield name, data
+                yield from self._samples(stream)
+            except TarFormatError as exc:
+                raise ShardReadError(self.path, str(exc)) from None
+            except OSError as exc:  # e.g. EIO from a failing disk
+                raise ShardReadError(
+                    self.path, f"{type(exc).__name__} at byte {stream.offset}: {exc}"
+                ) from exc
+            self.bytes_read, self.sha256 = stream.offset, stream.sha256
+            self.archives = stream.archives
+
+    def _samples(self, stream: TarStream) -> Iterator[RawSample]:
+        current: RawSample | None = None
+        lowered: set[str] = set()
+        keys: set[str] = set()
+        for entry in walk_tar(stream):
+            parts = split_member_name(entry.name)
+            if parts is None:
+                raise TarFormatError(
+                    entry.offset, f"member {entry.name!r} has no '<key>.<suffix>' name"
+                )
+            key, suffix = parts
+            if current is None or key != current.key:
+                if key in keys:
+                    raise TarFormatError(
+                        entry.offset, f"members of sample {key} are not consecutive"
+                    )
+                keys.add(key)
+                if current is not None:
+                    self.samples += 1
+                    yield current
+                index = 0 if current is None else current.index + 1
+                current = RawSample(key=key, shard=self.path.name, index=index)
+                current.offset = entry.offset
+                lowered = set()
+            if suffix.lower() in lowered:
+                raise TarFormatError(entry.offset, f"sample {key} repeats member {suffix!r}")
+            lowered.add(suffix.lower())
+            if entry.problem is not None:
+                current.problems.append(entry.problem)
+            if entry.data is not None:
+                current.members[suffix] = entry.data
+        if current is not None:
+            self.samples += 1
+            yield current
 
 
 def iter_shard(path: str | Path) -> Iterator[RawSample]:
     """Stream the samples of one shard in tar order (members of a sample are consecutive).
 
-    Raises ShardReadError naming the shard on a missing, truncated or corrupt file, a member
+    Raises ShardReadError naming the shard and the byte offset on a missing, truncated or
+    corrupt file, a zeroed header or unreadable data after the end-of-archive marker, a member
     without a suffix, a suffix repeated (ignoring case) within one sample, or a sample whose
-    members are not consecutive. The last sample is yielded only after the end-of-archive
-    check, but earlier ones are already out: a caller must treat the whole shard as failed.
+    members are not consecutive. Members that are not regular files (links, devices) and
+    names that are not UTF-8 are per-sample problems (`RawSample.problems`). The last sample
+    is yielded only after the end-of-archive check, but earlier ones are already out: a caller
+    must treat the whole shard as failed. `ShardReader` also gives the file's sha256.
     """
-    path = Path(path)
-    current: RawSample | None = None
-    lowered: set[str] = set()
-    keys: set[str] = set()
-    with _mapped_tar(path) as (tar, mapped):
-        for name, data in _tar_members(path, tar, mapped):
-            parts = split_member_name(name)
-            if parts is None:
-                raise ShardReadError(path, f"member {name!r} has no '<key>.<suffix>' name")
-            key, suffix = parts
-            if current is None or key != current.key:
-                if key in keys:
-                    raise ShardReadError(path, f"members of sample {key} are not consecutive")
-                keys.add(key)
-                if current is not None:
-                    yield current
-                index = 0 if current is None else current.index + 1
-                current = RawSample(key=key, shard=path.name, index=index)
-                lowered = set()
-            if suffix.lower() in lowered:
-                raise ShardReadError(path, f"sample {key} repeats member {suffix!r}")
-            lowered.add(suffix.lower())
-            current.members[suffix] = data
-    if current is not None:
-        yield current
+    return iter(ShardReader(path, hash=False))
 
 
 def read_shard(path: str | Path) -> list[RawSample]:
@@ -244,18 +198,29 @@ def read_shard(path: str | Path) -> list[RawSample]:
 
 
 def count_samples(path: str | Path) -> int:
-    """Number of samples in a shard, reading only the tar headers (data blocks are skipped)."""
+    """Number of samples in a shard, reading only the tar headers (data blocks are skipped),
+    with the same checks as `iter_shard`."""
     path = Path(path)
     count, last = 0, None
-    with _mapped_tar(path) as (tar, mapped):
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    with fh:
+        stream = TarStream(fh, os.fstat(fh.fileno()).st_size, digest=False)
         try:
-            for info in tar:
-                parts = split_member_name(info.name) if info.isfile() else None
-                if parts is not None and parts[0] != last:
+            for entry in walk_tar(stream, read_data=False):
+                parts = split_member_name(entry.name)
+                if parts is None:
+                    raise TarFormatError(
+                        entry.offset, f"member {entry.name!r} has no '<key>.<suffix>' name"
+                    )
+                if parts[0] != last:
                     count, last = count + 1, parts[0]
-        except (OSError, EOFError, ValueError, tarfile.TarError) as exc:
+        except TarFormatError as exc:
+            raise ShardReadError(path, str(exc)) from None
+        except OSError as exc:
             raise ShardReadError(path, f"{type(exc).__name__}: {exc}") from exc
-        _check_end_of_archive(path, mapped, tar.offset)
     return count
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -310,5 +312,63 @@ def test_cli_build_and_show(tmp_path, capsys):
     assert " 0  head" in printed and f"  {head_count}\n" in printed
     assert table.sha256 in printed
 
-    assert main(["parts", "show", str(tmp_path / "nope.npz")]) == 1
+    assert main(["parts", "show", str(tmp_path / "nope.npz")]) == 2
     assert "nope.npz" in capsys.readouterr().err
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array)
+    return buffer.getvalue()
+
+
+def _hostile_inputs(tmp_path):
+    """(argv of `parts build`/`show`, file the error must name) for each hostile input."""
+    vertices, faces = _subdivided_octahedron()
+    full = {name: [] for name in PART_NAMES}
+    for name, vids in OCTA_SEGMENTATION.items():
+        full[name] = vids.tolist()
+    seg = _write_segmentation(tmp_path / "seg.json", full)
+    mesh = tmp_path / "mesh.pkl"
+    mesh.write_bytes(pickle.dumps({"vertices": vertices, "faces": faces}, 2))
+    cases = []
+    # 1. a mesh pickle built to exhaust memory once copied: 2e5 references to one 8 MB array
+    big = np.zeros((1 << 20, 1))
+    bomb = tmp_path / "bomb.pkl"
+    bomb.write_bytes(pickle.dumps({"vertices": [big] * 200_000, "faces": faces}, 2))
+    cases.append((["build", "--segmentation", str(seg), "--cse-mesh", str(bomb)], "bomb.pkl"))
+    # 2. a segmentation naming vertex id 1e12 (np.zeros(1e12 + 1) before)
+    far = _write_segmentation(tmp_path / "far.json", {**full, "head": [0, 10**12]})
+    cases.append((["build", "--segmentation", str(far), "--cse-mesh", str(mesh)], "far.json"))
+    near = _write_segmentation(tmp_path / "near.json", {**full, "head": [0, 10**6]})
+    cases.append((["build", "--segmentation", str(near), "--cse-mesh", str(mesh)], "near"))
+    # 3. a truncated part table (BadZipFile before), one whose header claims 1e12 vertices
+    table = build_part_table(OCTA_SEGMENTATION, faces, num_vertices=18)
+    good = tmp_path / "good.npz"
+    table.save(good)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases.append((["show", str(cut)], "cut.npz"))
+    forged = tmp_path / "forged.npz"  # a valid zip whose npy header claims 1e12 vertices
+    npy = _npy_bytes(table.vertex_parts)
+    claim = npy.replace(b"(18,), }" + b" " * 11, b"(1000000000000,), }")
+    assert claim != npy
+    with zipfile.ZipFile(forged, "w") as archive:
+        archive.writestr("vertex_parts.npy", claim)
+        archive.writestr("part_names.npy", _npy_bytes(np.array(table.part_names)))
+    cases.append((["show", str(forged)], "forged.npz"))
+    notzip = tmp_path / "plain.npz"
+    np.save(notzip.with_suffix(".npy"), table.vertex_parts)
+    notzip.with_suffix(".npy").rename(notzip)
+    cases.append((["show", str(notzip)], "plain.npz"))
+    return cases
+
+
+def test_hostile_part_inputs_are_clear_errors_exit_2(tmp_path, capsys):
+    for argv, name in _hostile_inputs(tmp_path):
+        out = tmp_path / "out.npz"
+        extra = ["--out", str(out)] if argv[0] == "build" else []
+        assert main(["parts", *argv, *extra]) == 2, argv
+        err = capsys.readouterr().err
+        assert name in err and "Traceback" not in err, err
+        assert not out.exists()

@@ -145,3 +145,50 @@ def test_garbage_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(ValueError, match="garbage.pkl"):
         load_pickle_restricted(path)
+
+
+class _Reduces:
+    """Pickles as `func(*args)`: how a hostile file asks an allowed constructor for memory."""
+
+    def __init__(self, func, args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def _reconstruct_func():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # counted opcode claiming 2**60 bytes: the C unpickler allocates them before reading
+        b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"tiny.",
+        # memo index 2**32 - 1: the C unpickler resizes its memo list to it
+        b"\x80\x02N" + b"r" + struct.pack("<I", 2**32 - 1) + b".",
+        # a frame claiming more than the file
+        b"\x80\x04\x95" + struct.pack("<Q", 2**50) + b"N.",
+        pickle.dumps({"vertices": _Reduces(bytearray, (10**12,))}, protocol=2),
+        pickle.dumps({"vertices": _Reduces(np.ndarray, ((10**6, 10**6),))}, protocol=2),
+        pickle.dumps(_Reduces(_reconstruct_func(), (np.ndarray, (10**12,), b"b")), protocol=2),
+        pickle.dumps(_Reduces(list, (b"x" * 1000,)), protocol=2),  # 1 byte -> one int object
+    ],
+)
+def test_memory_exhausting_pickles_are_refused(tmp_path, payload) -> None:
+    path = tmp_path / "mesh.pkl"
+    path.write_bytes(payload)
+    with pytest.raises((UnsafePickleError, ValueError), match=r"mesh\.pkl"):
+        load_pickle_restricted(path)
+
+
+def test_pickle_size_is_bounded(tmp_path) -> None:
+    path = _write(tmp_path, {"vertices": np.zeros(5000)}, 4)
+    with pytest.raises(UnsafePickleError, match=r"data\.pkl.*larger than 1000 bytes"):
+        load_pickle_restricted(path, max_bytes=1000)
+    assert load_pickle_restricted(path)["vertices"].shape == (5000,)

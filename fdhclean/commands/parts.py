@@ -58,7 +58,10 @@ def _run_build(args: argparse.Namespace) -> int:
 
     segmentation = load_segmentation(args.segmentation)
     vertices, faces = load_cse_mesh(args.cse_mesh)
-    table = build_part_table(segmentation, faces, num_vertices=vertices.shape[0])
+    try:
+        table = build_part_table(segmentation, faces, num_vertices=vertices.shape[0])
+    except ValueError as exc:  # the two inputs do not fit together: name both
+        raise ValueError(f"{args.segmentation} with {args.cse_mesh}: {exc}") from None
     n_orig = max(int(ids.max()) for ids in segmentation.values() if ids.size) + 1
     table.save(args.out)
     print(f"mesh: {vertices.shape[0]} vertices, {faces.shape[0]} faces")
@@ -88,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
         return _run_show(args)
     except (OSError, ValueError, UnsafePickleError) as exc:  # messages name the file
         print(f"fdhclean parts {args.parts_command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2  # a user error: the input files, not the program
