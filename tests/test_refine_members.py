@@ -99,3 +99,37 @@ def test_bomb_and_junk_members_are_per_sample_codes(synth_copy, tmp_path):
     assert sum(len(v) for v in listed.values()) == len(errors)
     for key, row in errors.iterrows():
         assert listed[row.shard][key] == row.status
+
+
+def test_reader_problems_are_bad_member_rows(synth_copy, tmp_path):
+    """A sample of links only, and a non-UTF-8 member name: report rows, not shard failures."""
+    import tarfile
+
+    shard = sorted((synth_copy / "val").glob("out-*.tar"))[2]
+    samples = read_shard(shard)
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tar:
+        for s in samples:
+            key = f"{s.key}\udcff" if s.index == 1 else s.key
+            for suffix, data in s.members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                if s.index == 0:
+                    info.type, info.linkname = tarfile.SYMTYPE, "elsewhere.png"
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    code = main(
+        ["refine", "--split", "val", "--data-root", str(synth_copy), "--out", str(out),
+         "--part-table", str(synth_copy / "parts.npz"),
+         "--predictions", str(synth_copy / "predictions_val.json")]
+    )  # fmt: skip
+    assert code == 0
+    report = pd.read_parquet(out / "val" / "report" / f"{shard.stem}.parquet")
+    assert len(report) == len(samples)
+    assert list(report.status[:2]) == ["bad-member", "bad-member"]
+    assert "symbolic link" in report.error[0] and "absent from the cleaned shard" in report.error[0]
+    assert "not valid UTF-8" in report.error[1]
+    assert (report.status[2:] != "bad-member").all()
+    cleaned = read_shard(out / "val" / shard.name)
+    assert [s.key for s in cleaned] == list(report.key[1:])

@@ -87,6 +87,8 @@ _NOT_DECODED_PNGS = {
 def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     """Decode the members the vote needs; any failure becomes a `bad-member` status."""
     sample = Sample(raw=raw)
+    if raw.problems:  # the reader could not take some member as stored (a link, a bad name)
+        sample.fail(STATUS_BAD_MEMBER, "; ".join(raw.problems))
     try:  # the original annotation first: the report keeps it even when another member fails
         keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
         if keypoints.size != NUM_KEYPOINTS * 3:
@@ -96,7 +98,7 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
         sample.fail(STATUS_BAD_MEMBER, _message(exc))
         return sample
     missing = [name for name in REQUIRED_MEMBERS if raw.find(name) is None]
-    if missing:
+    if missing or raw.problems:
         sample.fail(STATUS_BAD_MEMBER, f"missing member(s): {', '.join(missing)}")
         return sample
     try:

@@ -11,7 +11,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,16 @@ from fdhclean.fdh import (
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
-from fdhclean.manifest import sha256_file
 from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
 from fdhclean.refine.report import empty_row, flat_keypoints, write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
 from fdhclean.shards import (
+    ShardReader,
     ShardWriter,
     atomic_write_bytes,
     copy_sample_members,
     encode_npy,
-    read_shard,
     to_normalized,
 )
 from fdhclean.vote import Scores, chosen_keypoints, decide, score_keypoints
@@ -115,14 +113,7 @@ def process_shard(
             return done
         start = time.perf_counter()
         remove_stale_temporaries(split_out, shard_path.name)  # ours alone: we hold the lock
-        # hashlib releases the GIL: the input and output hashes run beside the decoding and
-        # the report instead of re-reading both files at the end.
-        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        try:
-            input_hash = hasher.submit(sha256_file, shard_path)
-            result = _process(shard_path, split_out, ctx, estimates, hasher, input_hash)
-        finally:
-            hasher.shutdown(wait=True)
+        result = _process(shard_path, split_out, ctx, estimates)
         result.seconds = round(time.perf_counter() - start, 3)
         result.fingerprint = ctx.fingerprint
         marker_path = output_paths(split_out, shard_path.name)[2]
@@ -153,9 +144,10 @@ def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
     return stale
 
 
-def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> ShardResult:
-    raw_samples = read_shard(shard_path)
-    samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in raw_samples]
+def _process(shard_path, split_out, ctx, estimates) -> ShardResult:
+    # input and output are hashed while their bytes pass (no re-read of either file)
+    reader = ShardReader(shard_path)
+    samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in reader]
     decision = ctx.originals.prepare(shard_path, samples)
     units = decision.units
     attach_estimates(samples, estimates)
@@ -164,13 +156,12 @@ def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> Shard
     tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
     for path in (tar_path, report_path, marker_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    rows = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
-    output_hash = hasher.submit(sha256_file, tar_path)
+    rows, writer = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
     fill_report_rows(rows, samples, updated, tie, orig, new, units)
     write_report(report_path, rows)
     result = summarise(shard_path, tar_path, samples, updated, tie, units)
     result.units_ambiguous = units_warning(decision)
-    result.input_sha256, result.output_sha256 = input_hash.result(), output_hash.result()
+    result.input_sha256, result.output_sha256 = reader.sha256, writer.sha256
     return result
 
 
@@ -256,7 +247,8 @@ def write_cleaned_shard(
     new_min_score: float,
     units: str,
 ) -> list[dict[str, Any]]:
-    """Write the cleaned shard (same samples, same order); returns the report rows begun."""
+    """Write the cleaned shard (same samples, same order); returns the report rows begun and
+    the closed writer (its sha256 and size)."""
     rows = []
     with ShardWriter(tar_path) as writer:
         for i, s in enumerate(samples):
@@ -280,9 +272,13 @@ def write_cleaned_shard(
                 }
                 for name, data in extra.items():  # re-cleaning a cleaned set replaces them
                     (replace if s.raw.find(name) else add)[name] = data
-            writer.write(s.key, copy_sample_members(s.raw, replace=replace, add=add))
             rows.append(empty_row())
-    return rows
+            members = copy_sample_members(s.raw, replace=replace, add=add)
+            if not members:  # only links etc. (a bad-member already): nothing to copy
+                s.error = f"{s.error}; no regular member, so absent from the cleaned shard"
+                continue
+            writer.write(s.key, members)
+    return rows, writer
 
 
 def unstorable(stored: np.ndarray, estimate_norm: np.ndarray, units: str, min_score: float):
