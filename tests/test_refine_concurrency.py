@@ -62,3 +62,99 @@ def test_two_runs_on_one_out_cooperate(synth_root, tmp_path):
     assert digest(out / "val") == digest(single / "val")
     assert (out / "val" / "manifest.json").is_file()
     assert not list((out / "val").rglob("*.tmp"))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _more_shards(root: Path, copies: int = 4) -> None:
+    """Make the run long enough to interrupt: the split's shards again under new names."""
+    shards = sorted((root / "val").glob("out-*.tar"))
+    for n in range(copies * len(shards)):
+        target = root / "val" / f"out-{len(shards) + n:06d}.tar"
+        target.write_bytes(shards[n % len(shards)].read_bytes())
+
+
+def _wait_for_workers(run: subprocess.Popen, count: int) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert run.poll() is None, run.communicate()
+        workers = _children(run.pid)
+        if len(workers) >= count:
+            time.sleep(0.3)  # let them start on a shard
+            return workers
+        time.sleep(0.02)
+    raise AssertionError("the workers never started")
+
+
+def _gone(pids: list[int], seconds: float = 10) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_of_the_main_process_takes_the_workers_with_it(synth_copy, tmp_path):
+    import signal
+
+    _more_shards(synth_copy)
+    run = start_refine(synth_copy, tmp_path / "out", "--workers", "2")
+    workers = _wait_for_workers(run, 2)
+    try:
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        assert _gone(workers), "workers outlived a SIGKILLed main process"
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_abandons_cleanly_and_the_rerun_completes(synth_copy, tmp_path):
+    import signal
+
+    _more_shards(synth_copy)
+    clean = tmp_path / "clean"
+    assert main(refine_argv(synth_copy, clean)) == 0
+    out = tmp_path / "out"
+    run = start_refine(synth_copy, out, "--workers", "2")
+    workers = _wait_for_workers(run, 2)
+    try:
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+        err = " ".join(err.split())  # rich wraps long lines
+        assert run.returncode == 128 + signal.SIGTERM, err
+        assert "interrupted by SIGTERM" in err and "Rerun the same command" in err
+        assert "Traceback" not in err
+        assert _gone(workers)
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not (out / "val" / "manifest.json").exists()
+    assert main(refine_argv(synth_copy, out, "--workers", "2")) == 0
+    assert digest(out / "val") == digest(clean / "val")
+    assert not list((out / "val").rglob("*.tmp"))

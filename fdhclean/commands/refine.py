@@ -94,6 +94,7 @@ def _run(settings, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from fdhclean.refine.runner import ConfigurationMismatchError, run_refine
+    from fdhclean.refine.signals import RefineInterrupted
 
     columns = (
         "[progress.description]{task.description}",
@@ -116,11 +117,29 @@ def _run(settings, console) -> int:
 
         try:
             outcome = run_refine(settings, progress=on_shard)
-        except (ConfigurationMismatchError, FileNotFoundError, ValueError) as exc:
+        except RefineInterrupted as exc:
+            _print_interrupted(exc, settings, console)
+            return exc.exit_code
+        except (ConfigurationMismatchError, ValueError) as exc:
             console.print(f"[red]fdhclean refine: {exc}[/red]")
+            return 2
+        except OSError as exc:  # OUT read-only, disk full, a path that is not a directory...
+            console.print(
+                f"[red]fdhclean refine: cannot set up {settings.split_out}: {exc}; choose an "
+                "--out that is writable and has free space[/red]"
+            )
             return 2
     _print_outcome(outcome, settings, console)
     return outcome.exit_code
+
+
+def _print_interrupted(exc, settings, console) -> None:
+    done = len(exc.outcome.results) if exc.outcome is not None else 0
+    console.print(
+        f"[red]fdhclean refine: {exc} after {done} shard(s) of this run were cleaned; the "
+        "shards in progress were abandoned (no completion marker). Rerun the same command "
+        f"to resume into {settings.split_out}.[/red]"
+    )
 
 
 def _print_outcome(outcome, settings, console) -> None:

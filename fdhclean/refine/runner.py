@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from fdhclean.refine.lock import ShardInUseError
 from fdhclean.refine.originals import ReportOriginals, StoredOriginals
 from fdhclean.refine.settings import RefineSettings
 from fdhclean.refine.shard_task import ShardResult, VoteContext, process_shard
+from fdhclean.refine.signals import RefineInterrupted, become_worker, interrupts_raise, kill_workers
 from fdhclean.rules import DEFAULT_RULES, load_rules
 from fdhclean.shards import ShardReadError, atomic_write_bytes, list_shards, shards_for_rank
 
@@ -80,8 +82,14 @@ def run_refine(
     """Clean this rank's shards of the split; finalise the split when it is complete.
 
     `progress(result, total)` is called once with `(None, number of shards to do)` and then
-    after every shard (a failed shard passes an empty result).
+    after every shard (a failed shard passes an empty result). SIGTERM / SIGINT raise
+    `RefineInterrupted` (see `refine.signals`).
     """
+    with interrupts_raise():
+        return _run_refine(settings, progress)
+
+
+def _run_refine(settings: RefineSettings, progress) -> RefineOutcome:
     split_out = settings.split_out
     check_output_apart(settings)
     split_out.mkdir(parents=True, exist_ok=True)
@@ -108,17 +116,32 @@ def run_refine(
     todo = [p for p in mine if p.name not in done]
     if progress is not None:
         progress(None, len(todo))
-    for item in _run_shards(todo, split_out, ctx, source, settings.workers):
-        outcome.add(item)
-        if progress is not None:
-            progress(item.result or ShardResult(item.path.name), len(todo))
+    try:
+        for item in _run_shards(todo, split_out, ctx, source, settings.workers):
+            outcome.add(item)
+            if progress is not None:
+                progress(item.result or ShardResult(item.path.name), len(todo))
+    except RefineInterrupted as exc:
+        exc.outcome = outcome
+        raise
+    _finalize(settings, outcome, [p.name for p in all_shards], record["fingerprint"])
+    return outcome
+
+
+def _finalize(settings: RefineSettings, outcome: RefineOutcome, names, fingerprint) -> None:
+    """Write the manifest when the split is complete, else count what other ranks still owe."""
+    split_out = settings.split_out
     try:
         outcome.manifest = finalize_split(split_out)
+    except OSError as exc:  # disk full / read-only at the end: the shards are complete
+        outcome.failed["manifest.json"] = (
+            f"cannot write the manifest into {split_out}: {exc}; free space, then run "
+            f"`fdhclean finalize {settings.out} --split {settings.split}`"
+        )
     except IncompleteSplitError:
-        names = [p.name for p in all_shards]
-        complete = completed_results(split_out, names, record["fingerprint"], input_dir)
+        input_dir = settings.data_root / settings.split
+        complete = completed_results(split_out, names, fingerprint, input_dir)
         outcome.pending_elsewhere = len(names) - len(complete) - len(outcome.failed)
-    return outcome
 
 
 def check_output_apart(settings: RefineSettings) -> None:
@@ -189,7 +212,8 @@ def _changed_settings(previous: dict[str, Any], record: dict[str, Any]) -> str:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource) -> None:
+def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource, parent: int) -> None:
+    become_worker(parent)
     _WORKER_STATE.update(split_out=split_out, ctx=ctx, source=source)
 
 
@@ -227,9 +251,9 @@ def _run_shards(
 
 def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
     """Shard-parallel: workers vote and write while this process runs the model (if any)."""
-    with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(split_out, ctx, source.for_workers())
-    ) as pool:
+    initargs = (split_out, ctx, source.for_workers(), os.getpid())
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs)
+    try:
         pending: list[tuple[Path, Future]] = []
         for path, estimates in tasks:
             if isinstance(estimates, str):
@@ -240,6 +264,10 @@ def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone
                 yield _collect(*pending.pop(0))
         for item in pending:
             yield _collect(*item)
+    except BaseException:  # interrupted (or the caller stopped): abandon, never wait
+        kill_workers(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _collect(path: Path, future: Future) -> ShardDone:
