@@ -158,3 +158,75 @@ def test_sigterm_abandons_cleanly_and_the_rerun_completes(synth_copy, tmp_path):
     assert main(refine_argv(synth_copy, out, "--workers", "2")) == 0
     assert digest(out / "val") == digest(clean / "val")
     assert not list((out / "val").rglob("*.tmp"))
+
+
+def _limited(max_bytes: int):
+    """preexec_fn: files this process writes may not grow past `max_bytes` (Python ignores
+    SIGXFSZ, so a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+def _one_line(run: subprocess.Popen) -> str:
+    _, err = run.communicate(timeout=120)
+    return " ".join(err.split())
+
+
+def test_a_full_disk_is_a_message_at_every_stage(synth_root, tmp_path):
+    # at start: run.json cannot be written
+    out = tmp_path / "start"
+    run = start_refine(synth_root, out, preexec_fn=_limited(64))
+    err = _one_line(run)
+    assert run.returncode == 2 and "cannot set up" in err and "File too large" in err, err
+    assert "Traceback" not in err and not list(out.rglob("*.tmp"))
+    # while writing shards: each shard fails alone, naming the cause
+    out = tmp_path / "shards"
+    run = start_refine(synth_root, out, preexec_fn=_limited(100_000))
+    err = _one_line(run)
+    assert run.returncode == 1, err
+    assert err.count("cannot write its outputs") == 3 and "Traceback" not in err
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("out-*.tar"))
+    # at finalize: the shards are complete, the manifest cannot be written
+    out = tmp_path / "final"
+    assert main(refine_argv(synth_root, out)) == 0
+    (out / "val" / "manifest.json").unlink()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    final = subprocess.Popen(
+        [sys.executable, "-m", "fdhclean.cli", "finalize", str(out), "--split", "val"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        preexec_fn=_limited(200),
+    )  # fmt: skip
+    err = _one_line(final)
+    assert final.returncode == 1 and "File too large" in err and "Traceback" not in err
+
+
+def _can_mount() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+            capture_output=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def test_a_read_only_out_is_a_message(synth_root, tmp_path):
+    import pytest
+
+    if not _can_mount():
+        pytest.skip("needs unshare + mount (a private mount namespace) for a read-only OUT")
+    out = tmp_path / "ro"
+    out.mkdir()
+    argv = " ".join(f"'{a}'" for a in refine_argv(synth_root, out))
+    script = (
+        f"mount -t tmpfs -o size=1m,ro tmpfs '{out}' && {sys.executable} -m fdhclean.cli {argv}"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    err = " ".join(run.stderr.split())
+    assert run.returncode == 2, err
+    assert "Read-only file system" in err and "cannot set up" in err and "Traceback" not in err
