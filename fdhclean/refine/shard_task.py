@@ -24,6 +24,7 @@ from fdhclean.fdh import (
     MEMBER_KEYPOINTS,
     MEMBER_KEYPOINTS_ESTIMATED,
     MEMBER_KEYPOINTS_ORIGINAL,
+    NUM_KEYPOINTS,
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
@@ -266,12 +267,8 @@ def write_cleaned_shard(
                     replace[MEMBER_KEYPOINTS] = encode_npy(kp)
                 elif s.restore_keypoints is not None:  # a revote keeps a replaced original
                     replace[MEMBER_KEYPOINTS] = s.restore_keypoints
-                extra = {
-                    MEMBER_KEYPOINTS_ORIGINAL: encode_npy(s.orig_norm.astype(np.float32)),
-                    MEMBER_KEYPOINTS_ESTIMATED: encode_npy(s.estimate_norm.astype(np.float32)),
-                }
-                for name, data in extra.items():  # re-cleaning a cleaned set replaces them
-                    (replace if s.raw.find(name) else add)[name] = data
+            for name, data in provenance_members(s, units).items():
+                (replace if s.raw.find(name) else add)[name] = data  # re-cleaning replaces
             rows.append(empty_row())
             members = copy_sample_members(s.raw, replace=replace, add=add)
             if not members:  # only links etc. (a bad-member already): nothing to copy
@@ -279,6 +276,33 @@ def write_cleaned_shard(
                 continue
             writer.write(s.key, members)
     return rows, writer
+
+
+_NO_KEYPOINTS = np.zeros((NUM_KEYPOINTS, 3), np.float32)  # COCO's "not labelled": v = 0
+
+
+def provenance_members(s: Sample, units: str) -> dict[str, bytes]:
+    """`keypoints_original.npy` and `keypoints_estimated.npy` (normalised float32) for EVERY
+    sample, so each sample of a cleaned shard has the same member set: DP2's loader batches
+    with a dict collate over the first sample's keys, and a sample without them fails it
+    (KeyError) or, first in a batch, drops them for the batch. An error sample carries what
+    is known (its readable original, its estimate if any), else all-zero keypoints (v = 0);
+    the manifest's `error_samples` and the report say it is not to be trained on. An error
+    sample that has them already (a re-clean) keeps its own."""
+    if s.status != STATUS_OK and s.raw.find(MEMBER_KEYPOINTS_ORIGINAL) is not None:
+        return {}
+    original = _normalised_original(s, units)
+    estimate = s.estimate_norm
+    return {
+        MEMBER_KEYPOINTS_ORIGINAL: _npy32(original),
+        MEMBER_KEYPOINTS_ESTIMATED: _npy32(estimate),
+    }
+
+
+def _npy32(kp: np.ndarray | None) -> bytes:
+    if kp is None:
+        return encode_npy(_NO_KEYPOINTS)
+    return encode_npy(np.asarray(kp, dtype=np.float64).reshape(NUM_KEYPOINTS, 3).astype(np.float32))
 
 
 def unstorable(stored: np.ndarray, estimate_norm: np.ndarray, units: str, min_score: float):
