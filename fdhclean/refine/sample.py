@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,7 +27,14 @@ from fdhclean.fdh import (
     MEMBER_VERTICES,
     NUM_KEYPOINTS,
 )
-from fdhclean.shards import RawSample, decode_keypoints, decode_mask, decode_vertices
+from fdhclean.refine.report import empty_row, flat_keypoints
+from fdhclean.shards import (
+    RawSample,
+    decode_keypoints,
+    decode_mask,
+    decode_vertices,
+    to_normalized,
+)
 
 T = TypeVar("T")
 
@@ -58,10 +65,46 @@ class Sample:
     # keypoints.npy bytes to write when the vote keeps the original, where the stored member
     # is not the original (a revote of an updated sample); None: keep the stored bytes
     restore_keypoints: bytes | None = None
+    # the decision (set by the vote on `ok` samples; error samples keep the defaults)
+    updated: bool = False
+    tie: bool = False
+    orig_scores: dict[str, Any] | None = None  # Scores.row() of the original annotation
+    new_scores: dict[str, Any] | None = None  # ... and of the estimate
 
     @property
     def key(self) -> str:
         return self.raw.key
+
+    def normalised_original(self, units: str) -> np.ndarray | None:
+        """The original annotation normalised: as voted, else as readable (error samples)."""
+        if self.orig_norm is not None:
+            return self.orig_norm
+        if self.keypoints is None:
+            return None
+        kp = np.asarray(self.keypoints, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+        return to_normalized(kp, units)
+
+    def report_row(self, units: str) -> dict[str, Any]:
+        """This sample's row of the shard's report (`refine.report.REPORT_SCHEMA`)."""
+        row = empty_row()
+        row.update(
+            key=self.key,
+            shard=self.raw.shard,
+            index=self.raw.index,
+            status=self.status,
+            error=self.error,
+            updated=self.updated,
+            tie=self.tie,
+            orig_keypoints=flat_keypoints(self.normalised_original(units)),
+            new_keypoints=flat_keypoints(self.estimate_norm),
+            box=list(self.box) if self.box else None,
+            box_source=self.box_source,
+            keypoint_units=units,
+        )
+        for side, scores in (("orig", self.orig_scores), ("new", self.new_scores)):
+            for name, value in (scores or {}).items():
+                row[f"{side}_{name}"] = value
+        return row
 
     def fail(self, status: str, error: str) -> None:
         """Record the first reason this sample cannot be voted (later ones are consequences)."""

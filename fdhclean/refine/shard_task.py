@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,26 +21,21 @@ from fdhclean.decode import UnitsDecision
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
-    MEMBER_KEYPOINTS,
-    MEMBER_KEYPOINTS_ESTIMATED,
-    MEMBER_KEYPOINTS_ORIGINAL,
-    NUM_KEYPOINTS,
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
 from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
-from fdhclean.refine.report import empty_row, flat_keypoints, write_report
+from fdhclean.refine.report import write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
+from fdhclean.refine.write import write_sample
 from fdhclean.shards import (
+    RawSample,
     ShardReader,
     ShardWriter,
     atomic_write_bytes,
-    copy_sample_members,
-    encode_npy,
-    to_normalized,
 )
-from fdhclean.vote import Scores, chosen_keypoints, decide, score_keypoints
+from fdhclean.vote import Scores, decide, score_keypoints
 
 CHUNK = 256  # samples scored together: bounds the stacked (N,288,160) maps to ~60 MB
 
@@ -145,25 +140,47 @@ def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
     return stale
 
 
-def _process(shard_path, split_out, ctx, estimates) -> ShardResult:
-    # input and output are hashed while their bytes pass (no re-read of either file)
-    reader = ShardReader(shard_path)
-    samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in reader]
-    decision = ctx.originals.prepare(shard_path, samples)
-    units = decision.units
-    attach_estimates(samples, estimates)
-    updated, tie, orig, new = vote_samples(samples, ctx)
+def _process(shard_path: Path, split_out: Path, ctx: VoteContext, estimates) -> ShardResult:
+    """Stream the shard in blocks of CHUNK samples: read, decode, vote, write, report row.
 
+    Memory holds one block of samples plus the report rows, whatever the shard's size. The
+    units are decided before (`originals.open`: a keypoints-only pass, or the parent report);
+    input and output are hashed while their bytes pass (no re-read of either file).
+    """
+    originals = ctx.originals.open(shard_path)
+    units = originals.units.units
     tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
     for path in (tar_path, report_path, marker_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    rows, writer = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
-    fill_report_rows(rows, samples, updated, tie, orig, new, units)
+    reader = ShardReader(shard_path)
+    rows: list[dict[str, Any]] = []
+    with ShardWriter(tar_path) as writer:
+        for block in _blocks(reader, CHUNK):
+            samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in block]
+            originals.apply(samples)
+            attach_estimates(samples, estimates)
+            vote_samples(samples, ctx)
+            for s in samples:
+                write_sample(writer, s, ctx.new_min_score, units)
+                rows.append(s.report_row(units))
+    originals.finish(len(rows))
     write_report(report_path, rows)
-    result = summarise(shard_path, tar_path, samples, updated, tie, units)
-    result.units_ambiguous = units_warning(decision)
-    result.input_sha256, result.output_sha256 = reader.sha256, writer.sha256
+    result = summarise(shard_path, rows, units)
+    result.units_ambiguous = units_warning(originals.units)
+    result.input_bytes, result.input_sha256 = reader.bytes_read, reader.sha256
+    result.output_bytes, result.output_sha256 = writer.bytes, writer.sha256
     return result
+
+
+def _blocks(samples: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
+    block: list[RawSample] = []
+    for raw in samples:
+        block.append(raw)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def units_warning(decision: UnitsDecision) -> str:
@@ -204,173 +221,36 @@ def _no_estimate_reason(key: str, estimates: Mapping[str, np.ndarray]) -> str:
     return "no prediction for this key"
 
 
-def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
-    """Score both annotations of every `ok` sample in chunks; returns per-sample arrays.
-
-    Arrays are aligned with `samples`; entries of samples that were not voted are meaningless.
-    """
-    n = len(samples)
-    updated = np.zeros(n, dtype=bool)
-    tie = np.zeros(n, dtype=bool)
-    orig: dict[int, dict[str, Any]] = {}
-    new: dict[int, dict[str, Any]] = {}
-    ok = [i for i, s in enumerate(samples) if s.status == STATUS_OK]
-    for lo in range(0, len(ok), CHUNK):
-        idx = ok[lo : lo + CHUNK]
-        emask = np.stack([samples[i].emask for i in idx])
-        vertices = np.stack([samples[i].vertices for i in idx])
-        o = _score(
-            ctx, np.stack([samples[i].orig_norm for i in idx]), ctx.orig_min_score, emask, vertices
-        )
-        w = _score(
-            ctx,
-            np.stack([samples[i].estimate_norm for i in idx]),
-            ctx.new_min_score,
-            emask,
-            vertices,
-        )
-        up, ti = decide(o, w, ctx.tie_policy)
-        updated[idx], tie[idx] = up, ti
-        for j, i in enumerate(idx):
-            orig[i], new[i] = o.row(j), w.row(j)
-            samples[i].emask = samples[i].vertices = None  # done with the maps
-    return updated, tie, orig, new
+def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
+    """Score both annotations of every `ok` sample at once and record the decision on it."""
+    ok = [s for s in samples if s.status == STATUS_OK]
+    if not ok:
+        return
+    emask = np.stack([s.emask for s in ok])
+    vertices = np.stack([s.vertices for s in ok])
+    orig = _score(ctx, np.stack([s.orig_norm for s in ok]), ctx.orig_min_score, emask, vertices)
+    new = _score(ctx, np.stack([s.estimate_norm for s in ok]), ctx.new_min_score, emask, vertices)
+    updated, tie = decide(orig, new, ctx.tie_policy)
+    for j, s in enumerate(ok):
+        s.updated, s.tie = bool(updated[j]), bool(tie[j])
+        s.orig_scores, s.new_scores = orig.row(j), new.row(j)
+        s.emask = s.vertices = None  # done with the maps
 
 
 def _score(ctx: VoteContext, kp, min_score, emask, vertices) -> Scores:
     return score_keypoints(kp, min_score, emask, vertices, ctx.vertex_parts, ctx.accepted)
 
 
-def write_cleaned_shard(
-    tar_path: Path,
-    samples: Sequence[Sample],
-    updated: np.ndarray,
-    new_min_score: float,
-    units: str,
-) -> list[dict[str, Any]]:
-    """Write the cleaned shard (same samples, same order); returns the report rows begun and
-    the closed writer (its sha256 and size)."""
-    rows = []
-    with ShardWriter(tar_path) as writer:
-        for i, s in enumerate(samples):
-            replace: dict[str, bytes] = {}
-            add: dict[str, bytes] = {}
-            if s.status == STATUS_OK:
-                kept = None
-                if updated[i]:
-                    kp = chosen_keypoints(s.keypoints, s.estimate_norm, True, new_min_score, units)
-                    kept = unstorable(kp, s.estimate_norm, units, new_min_score)
-                if kept is not None:  # never write a value the stored dtype cannot hold
-                    updated[i] = False
-                    s.error = f"kept the original: {kept}"
-                elif updated[i]:
-                    replace[MEMBER_KEYPOINTS] = encode_npy(kp)
-                elif s.restore_keypoints is not None:  # a revote keeps a replaced original
-                    replace[MEMBER_KEYPOINTS] = s.restore_keypoints
-            for name, data in provenance_members(s, units).items():
-                (replace if s.raw.find(name) else add)[name] = data  # re-cleaning replaces
-            rows.append(empty_row())
-            members = copy_sample_members(s.raw, replace=replace, add=add)
-            if not members:  # only links etc. (a bad-member already): nothing to copy
-                s.error = f"{s.error}; no regular member, so absent from the cleaned shard"
-                continue
-            writer.write(s.key, members)
-    return rows, writer
-
-
-_NO_KEYPOINTS = np.zeros((NUM_KEYPOINTS, 3), np.float32)  # COCO's "not labelled": v = 0
-
-
-def provenance_members(s: Sample, units: str) -> dict[str, bytes]:
-    """`keypoints_original.npy` and `keypoints_estimated.npy` (normalised float32) for EVERY
-    sample, so each sample of a cleaned shard has the same member set: DP2's loader batches
-    with a dict collate over the first sample's keys, and a sample without them fails it
-    (KeyError) or, first in a batch, drops them for the batch. An error sample carries what
-    is known (its readable original, its estimate if any), else all-zero keypoints (v = 0);
-    the manifest's `error_samples` and the report say it is not to be trained on. An error
-    sample that has them already (a re-clean) keeps its own."""
-    if s.status != STATUS_OK and s.raw.find(MEMBER_KEYPOINTS_ORIGINAL) is not None:
-        return {}
-    original = _normalised_original(s, units)
-    estimate = s.estimate_norm
-    return {
-        MEMBER_KEYPOINTS_ORIGINAL: _npy32(original),
-        MEMBER_KEYPOINTS_ESTIMATED: _npy32(estimate),
-    }
-
-
-def _npy32(kp: np.ndarray | None) -> bytes:
-    if kp is None:
-        return encode_npy(_NO_KEYPOINTS)
-    return encode_npy(np.asarray(kp, dtype=np.float64).reshape(NUM_KEYPOINTS, 3).astype(np.float32))
-
-
-def unstorable(stored: np.ndarray, estimate_norm: np.ndarray, units: str, min_score: float):
-    """Why `stored` (the estimate cast to keypoints.npy's dtype) does not hold the estimate,
-    or None. Integer storage rounds to whole pixels (<= 0.5 off); anything further (uint8
-    wrapping y = 268 to 12, overflow, normalised units in integers) is refused."""
-    dtype = stored.dtype
-    if not np.issubdtype(dtype, np.integer):
-        if not np.isfinite(stored.astype(np.float64)).all():
-            return f"the estimate overflows keypoints.npy's dtype {dtype}"
-        return None
-    if units != UNITS_PIXELS:
-        return f"keypoints.npy stores normalised units as {dtype}: an estimate would be lost"
-    wanted = chosen_keypoints(
-        np.zeros(stored.shape, np.float64), estimate_norm, True, min_score, units
-    ).reshape(-1, 3)
-    got = stored.astype(np.float64).reshape(-1, 3)
-    far = np.abs(got - np.rint(wanted)) > 0
-    if far.any():
-        j, c = np.argwhere(far)[0]
-        return (
-            f"keypoint {j} {'xyv'[c]} = {wanted[j, c]:.1f} does not fit keypoints.npy's dtype "
-            f"{dtype} (it would be stored as {got[j, c]:.0f})"
-        )
-    return None
-
-
-def fill_report_rows(rows, samples, updated, tie, orig, new, units) -> None:
-    for i, (row, s) in enumerate(zip(rows, samples, strict=True)):
-        row.update(
-            key=s.key,
-            shard=s.raw.shard,
-            index=s.raw.index,
-            status=s.status,
-            error=s.error,
-            updated=bool(updated[i]) if s.status == STATUS_OK else False,
-            tie=bool(tie[i]) if s.status == STATUS_OK else False,
-            orig_keypoints=flat_keypoints(_normalised_original(s, units)),
-            new_keypoints=flat_keypoints(s.estimate_norm),
-            box=list(s.box) if s.box else None,
-            box_source=s.box_source,
-            keypoint_units=units,
-        )
-        for side, scores in (("orig", orig.get(i)), ("new", new.get(i))):
-            if scores is not None:
-                for name, value in scores.items():
-                    row[f"{side}_{name}"] = value
-
-
-def _normalised_original(s: Sample, units: str) -> np.ndarray | None:
-    if s.orig_norm is not None:
-        return s.orig_norm
-    if s.keypoints is None:
-        return None
-    return to_normalized(np.asarray(s.keypoints, dtype=np.float64).reshape(17, 3), units)
-
-
-def summarise(shard_path, tar_path, samples, updated, tie, units) -> ShardResult:
-    ok = np.array([s.status == STATUS_OK for s in samples], dtype=bool)
+def summarise(shard_path: Path, rows: Sequence[dict[str, Any]], units: str) -> ShardResult:
+    """The shard's totals, from its report rows (the samples are gone by now)."""
+    errors = {row["key"]: row["status"] for row in rows if row["status"] != STATUS_OK}
     return ShardResult(
         shard=shard_path.name,
-        samples=len(samples),
-        updated=int((updated & ok).sum()),
-        ties=int((tie & ok).sum()),
-        errors=dict(sorted(Counter(s.status for s in samples if s.status != STATUS_OK).items())),
-        box_sources=dict(sorted(Counter(s.box_source for s in samples if s.box_source).items())),
+        samples=len(rows),
+        updated=sum(bool(row["updated"]) for row in rows),
+        ties=sum(bool(row["tie"]) for row in rows),
+        errors=dict(sorted(Counter(errors.values()).items())),
+        box_sources=dict(sorted(Counter(r["box_source"] for r in rows if r["box_source"]).items())),
         keypoint_units=units,
-        error_samples={s.key: s.status for s in samples if s.status != STATUS_OK},
-        input_bytes=shard_path.stat().st_size,
-        output_bytes=tar_path.stat().st_size,
+        error_samples=errors,
     )
