@@ -99,3 +99,26 @@ def test_config_rank_splits_the_shards(synth_root, tmp_path):
     assert main(["refine", "--config", str(config), "--split", "val"]) == 0
     done = sorted(p.name for p in (tmp_path / "o" / "val").glob("out-*.tar"))
     assert done == ["out-000001.tar"]
+
+
+def test_estimator_options_reach_the_backend(synth_root, tiny_vitpose, tmp_path, capsys):
+    """Issue 11 item 5: `--estimator-option KEY=VALUE`; estimator names from the registry."""
+    import json
+
+    checkpoint, _ = tiny_vitpose
+    base = ["refine", "--split", "val", "--data-root", str(synth_root), "--out"]
+    rest = ["--part-table", str(synth_root / "parts.npz"), "--estimator", "vitpose-hf"]
+    rest += ["--checkpoint", str(checkpoint), "--device", "cpu"]
+    out = tmp_path / "o"
+    assert main([*base, str(out), *rest, "--estimator-option", "nosuch=1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "refuses the options ['nosuch=1']" in err and "Traceback" not in err
+    assert main([*base, str(out), *rest, "--estimator-option", "novalue", "--dry-run"]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+    assert main([*base, str(out), *rest, "--estimator", "no-such-model", "--dry-run"]) == 2
+    assert "vitpose-hf" in capsys.readouterr().err  # the registry's names are listed
+    assert main([*base, str(out), *rest, "--estimator-option", "blur=transformers"]) == 0
+    record = json.loads((out / "val" / "run.json").read_text())
+    assert record["settings"]["estimator_options"] == ["blur=transformers"]
+    assert record["provenance"]["estimator"]["options"] == {"blur": "transformers"}
+    assert record["provenance"]["estimator"]["decoding_blur"] == "transformers"

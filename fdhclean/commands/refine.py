@@ -34,7 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--part-table", help="vertex -> part table (.npz, `fdhclean parts build`)")
     src = p.add_argument_group("estimates (exactly one of --predictions / --estimator)")
     src.add_argument("--predictions", help="COCO results JSON (`fdhclean estimate` output)")
-    src.add_argument("--estimator", help="vitpose-hf or vitpose-mmpose")
+    from fdhclean.estimators import ESTIMATORS  # cheap: backends import their libraries lazily
+
+    src.add_argument("--estimator", help=f"one of {', '.join(sorted(ESTIMATORS))}")
+    src.add_argument(
+        "--estimator-option",
+        dest="estimator_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="backend option (repeatable), e.g. blur=transformers; VALUE is JSON or text",
+    )
     src.add_argument("--checkpoint", help="local weights of the estimator")
     src.add_argument("--checkpoint-sha256", help="expected sha256 of the weights")
     src.add_argument("--batch-size", type=int, help="estimator batch size (default 32)")

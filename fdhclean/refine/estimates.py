@@ -128,14 +128,21 @@ class ModelSource:
         from fdhclean.estimators import build_estimator
 
         self.settings = settings
-        self.estimator = build_estimator(
-            settings.estimator,
-            checkpoint=settings.checkpoint,
-            checkpoint_sha256=settings.checkpoint_sha256,
-            device=_device_for_rank(settings.device),
-            batch_size=settings.batch_size,
-            flip_test=settings.flip_test,
-        )
+        try:
+            self.estimator = build_estimator(
+                settings.estimator,
+                checkpoint=settings.checkpoint,
+                checkpoint_sha256=settings.checkpoint_sha256,
+                device=_device_for_rank(settings.device),
+                batch_size=settings.batch_size,
+                flip_test=settings.flip_test,
+                **settings.estimator_kwargs(),
+            )
+        except TypeError as exc:  # an --estimator-option the backend does not take
+            raise ValueError(
+                f"--estimator {settings.estimator} refuses the options "
+                f"{list(settings.estimator_options)}: {exc}"
+            ) from None
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -143,6 +150,12 @@ class ModelSource:
             "checkpoint": str(self.settings.checkpoint),
             "weights_sha256": self.estimator.weights_sha256,
             "flip_test": self.settings.flip_test,
+            # backend options only when given, so runs without keep their fingerprint
+            **(
+                {"options": self.settings.estimator_kwargs()}
+                if self.settings.estimator_options
+                else {}
+            ),
             # how the numbers were made: autocast dtype (bf16 on a GPU) and heatmap decoding
             "autocast_dtype": str(getattr(self.estimator, "autocast_dtype", None)),
             "decoding_blur": getattr(self.estimator, "blur", None),

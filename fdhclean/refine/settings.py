@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 TIE_POLICIES = ("new", "original")
-ESTIMATORS = ("vitpose-hf", "vitpose-mmpose")
 DEFAULT_CONFIG_LOCATIONS = (Path("fdhclean.toml"), Path("~/.config/fdhclean/config.toml"))
 ENV_PREFIX = "FDHCLEAN_"
 # Settings that change what is written: a rerun into the same OUT must agree on them
@@ -61,6 +60,8 @@ class RefineSettings:
     batch_size: int = 32
     device: str = "auto"
     flip_test: bool = True
+    # backend options (`--estimator-option KEY=VALUE`, repeatable; a list in the config file)
+    estimator_options: tuple[str, ...] = ()
     overwrite: bool = False
     parent_manifest: Path | None = None
     # `fdhclean revote`: data_root/split is a cleaned split; estimates and original annotations
@@ -74,8 +75,10 @@ class RefineSettings:
         if sources != 1:
             raise ValueError("give exactly one of --predictions FILE.json or --estimator NAME")
         if self.estimator is not None:
+            from fdhclean.estimators import ESTIMATORS  # the registry is the one list of names
+
             if self.estimator not in ESTIMATORS:
-                raise ValueError(f"--estimator must be one of {ESTIMATORS}")
+                raise ValueError(f"--estimator must be one of {sorted(ESTIMATORS)}")
             if self.checkpoint is None:
                 raise ValueError(f"--estimator {self.estimator} needs --checkpoint PATH")
         if not 0 <= self.rank < self.world_size:
@@ -90,11 +93,31 @@ class RefineSettings:
         fields = {name: _jsonable(getattr(self, name)) for name in OUTPUT_FIELDS}
         if self.revote:  # only then, so refine runs keep the fingerprints they had
             fields["revote"] = True
+        if self.estimator_options:  # likewise: runs without options keep their fingerprint
+            fields["estimator_options"] = list(self.estimator_options)
         return fields
+
+    def estimator_kwargs(self) -> dict[str, Any]:
+        """`estimator_options` as keyword arguments: VALUE parsed as JSON where it is JSON
+        (`batch_norm=true`, `size=3`), else kept as text (`blur=transformers`)."""
+        return parse_options(self.estimator_options)
 
     def fingerprint_sha256(self) -> str:
         blob = json.dumps(self.output_fingerprint(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in options:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"estimator option {item!r} is not KEY=VALUE (KEY a Python name)")
+        try:
+            parsed[key.strip()] = json.loads(text)
+        except ValueError:
+            parsed[key.strip()] = text
+    return parsed
 
 
 def _jsonable(value: Any) -> Any:
@@ -202,6 +225,12 @@ def coerce_setting(name: str, value: Any, annotation: str, source: str) -> Any:
     Strings (flags, environment) are parsed; config-file values must already have the TOML
     type (`workers = 1.5` or `split = 5` is refused, not truncated or stringified).
     """
+    if annotation.startswith("tuple"):  # estimator_options: a list, or one comma-separated text
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"setting {name} ({source}) must be a list of KEY=VALUE strings")
+        parse_options(tuple(items))  # refused here, with the setting's name, if malformed
+        return tuple(i.strip() for i in items if i.strip())
     kind = next(
         k for k in ("bool", "int", "float", "str") if k in annotation.replace("Path", "str")
     )
