@@ -229,22 +229,22 @@ def _run_shards(
 ) -> Iterator[ShardDone]:
     """Yield how each shard ended, as shards finish; one bad shard fails alone.
 
-    Estimates come shard by shard from `source.estimates(todo)`: None where each worker loads
-    them itself (predictions file), a mapping where a model produced them in this process,
-    or an error message where the shard could not be estimated.
+    Estimates come shard by shard from `source.estimates(todo)` (`ShardEstimates`): ready
+    where a model produced them in this process, an error where the shard could not be
+    estimated, or neither: looked up where the shard is processed (`source.for_shard`).
     """
     tasks = source.estimates(todo)
     if workers <= 0:
-        for path, estimates in tasks:
-            if isinstance(estimates, str):
-                yield ShardDone(path, error=estimates)
+        for task in tasks:
+            if task.error is not None:
+                yield ShardDone(task.path, error=task.error)
                 continue
             try:
-                if estimates is None:
-                    estimates = source.for_shard(path)
-                yield ShardDone(path, result=process_shard(path, split_out, ctx, estimates))
+                estimates = task.estimates or source.for_shard(task.path)
+                result = process_shard(task.path, split_out, ctx, estimates)
+                yield ShardDone(task.path, result=result)
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-                yield _shard_error(path, exc)
+                yield _shard_error(task.path, exc)
         return
     yield from _run_pool(tasks, split_out, ctx, source, workers)
 
@@ -255,11 +255,11 @@ def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone
     pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs)
     try:
         pending: list[tuple[Path, Future]] = []
-        for path, estimates in tasks:
-            if isinstance(estimates, str):
-                yield ShardDone(path, error=estimates)
+        for task in tasks:
+            if task.error is not None:
+                yield ShardDone(task.path, error=task.error)
                 continue
-            pending.append((path, pool.submit(_worker_task, path, estimates)))
+            pending.append((task.path, pool.submit(_worker_task, task.path, task.estimates)))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
                 yield _collect(*pending.pop(0))
         for item in pending:

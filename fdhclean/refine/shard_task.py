@@ -24,6 +24,7 @@ from fdhclean.fdh import (
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
+from fdhclean.refine.estimates import Estimates
 from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
 from fdhclean.refine.report import write_report
@@ -96,7 +97,7 @@ def process_shard(
     shard_path: Path,
     split_out: Path,
     ctx: VoteContext,
-    estimates: Mapping[str, np.ndarray],
+    estimates: Estimates | Mapping[str, np.ndarray],
 ) -> ShardResult:
     """Clean one shard. `estimates`: key -> (17,3) pixel coordinates + score (missing = none).
 
@@ -194,31 +195,24 @@ def units_warning(decision: UnitsDecision) -> str:
     )
 
 
-def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray]) -> None:
-    """Attach normalised float64 estimates (pixels / (W, H); a revote's estimates come
-    normalised already, `estimates.normalized`, so the report's values are replayed exactly)."""
-    scale = 1.0 if getattr(estimates, "normalized", False) else np.array([IMAGE_W, IMAGE_H, 1.0])
+def attach_estimates(samples: Sequence[Sample], estimates: Estimates | Mapping) -> None:
+    """Attach normalised float64 estimates (pixels / (W, H); a revote's come normalised
+    already, so the report's values are replayed exactly). A plain mapping is pixels."""
+    if not isinstance(estimates, Estimates):
+        estimates = Estimates(estimates)
+    scale = 1.0 if estimates.normalized else np.array([IMAGE_W, IMAGE_H, 1.0])
     for s in samples:
         if s.status != STATUS_OK:
             continue
         est = estimates.get(s.key)
         if est is None:
-            s.fail(STATUS_NO_ESTIMATE, _no_estimate_reason(s.key, estimates))
+            s.fail(STATUS_NO_ESTIMATE, estimates.missing_reason(s.key))
             continue
         est = np.asarray(est, dtype=np.float64).reshape(17, 3)
         if not np.isfinite(est).all():
             s.fail(STATUS_NO_ESTIMATE, "the estimate contains NaN or inf")
             continue
         s.estimate_norm = est / scale
-
-
-def _no_estimate_reason(key: str, estimates: Mapping[str, np.ndarray]) -> str:
-    if getattr(estimates, "integer_keys", False):
-        try:
-            int(key)
-        except ValueError:
-            return f"key {key!r} is not an integer, so no COCO image_id can match it"
-    return "no prediction for this key"
 
 
 def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
