@@ -36,7 +36,7 @@ from fdhclean.shards import (
     ShardWriter,
     atomic_write_bytes,
 )
-from fdhclean.vote import Scores, decide, score_keypoints
+from fdhclean.vote import Scores, decide, keypoint_pixels, score_lookups
 
 CHUNK = 256  # samples scored together: bounds the stacked (N,288,160) maps to ~60 MB
 
@@ -216,14 +216,18 @@ def attach_estimates(samples: Sequence[Sample], estimates: Estimates | Mapping) 
 
 
 def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
-    """Score both annotations of every `ok` sample at once and record the decision on it."""
+    """Score both annotations of every `ok` sample at once and record the decision on it.
+
+    The rule reads E_mask and the vertex map only at the keypoints' pixels (refine-spec
+    section 3), so those 2 x 17 values are looked up per sample instead of stacking whole
+    (N, 288, 160) maps; the arithmetic is `score_keypoints`' own (`vote.keypoint_pixels`,
+    `vote.score_lookups`), so the scores are identical.
+    """
     ok = [s for s in samples if s.status == STATUS_OK]
     if not ok:
         return
-    emask = np.stack([s.emask for s in ok])
-    vertices = np.stack([s.vertices for s in ok])
-    orig = _score(ctx, np.stack([s.orig_norm for s in ok]), ctx.orig_min_score, emask, vertices)
-    new = _score(ctx, np.stack([s.estimate_norm for s in ok]), ctx.new_min_score, emask, vertices)
+    orig = _score(ctx, ok, np.stack([s.orig_norm for s in ok]), ctx.orig_min_score)
+    new = _score(ctx, ok, np.stack([s.estimate_norm for s in ok]), ctx.new_min_score)
     updated, tie = decide(orig, new, ctx.tie_policy)
     for j, s in enumerate(ok):
         s.updated, s.tie = bool(updated[j]), bool(tie[j])
@@ -231,8 +235,11 @@ def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
         s.emask = s.vertices = None  # done with the maps
 
 
-def _score(ctx: VoteContext, kp, min_score, emask, vertices) -> Scores:
-    return score_keypoints(kp, min_score, emask, vertices, ctx.vertex_parts, ctx.accepted)
+def _score(ctx: VoteContext, ok: Sequence[Sample], kp: np.ndarray, min_score: float) -> Scores:
+    considered, px, py = keypoint_pixels(kp, min_score, IMAGE_H, IMAGE_W)
+    emask_at = np.stack([s.emask[y, x] for s, y, x in zip(ok, py, px, strict=True)])
+    vertex_at = np.stack([s.vertices[y, x] for s, y, x in zip(ok, py, px, strict=True)])
+    return score_lookups(considered, emask_at, vertex_at, ctx.vertex_parts, ctx.accepted)
 
 
 def summarise(shard_path: Path, rows: Sequence[dict[str, Any]], units: str) -> ShardResult:
