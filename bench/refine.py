@@ -1,10 +1,13 @@
 """Benchmark: is the cleaning work outside the estimator fast enough not to bottleneck a GPU run?
 
-Times, in one run on the same synthetic shards (made by `fdhclean synth`):
-  1. a plain tar copy: read every member of every shard and write it to a new tar;
+Times, in one run on the same synthetic shards (made by `fdhclean synth`), in CPU time (process
+time: user + system, all threads and worker processes) and wall time:
+  1. the floor: the project's own reader (`ShardReader`, sha256 of the input while reading) and
+     `ShardWriter` (sha256 of the output while writing, fsync) writing the same bytes back:
+     what any rewrite of a shard costs at least;
   2. `fdhclean refine` with precomputed predictions (decode the members the vote needs, score,
      vote, write shard + report + marker), in-process and with worker processes;
-and prints samples/s of each and the ratio refine / copy (target: >= 0.5).
+and prints samples per CPU-second of each and the ratio refine / floor (target: >= 0.5).
 With --estimator it then times the ViTPose estimator against transformers' per-image pipeline
 on the same random weights (bench/estimator.py: ViTPose-B at batch 1 and 32 on CPU; with a GPU,
 pass e.g. `--estimator-args "--variant huge --batch 64 --images 2048 --workers 8"`).
@@ -16,42 +19,103 @@ pass e.g. `--estimator-args "--variant huge --batch 64 --images 2048 --workers 8
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
+import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 
-def plain_copy(src_dir: Path, dst_dir: Path, durable: bool = False) -> int:
-    """Read every member of every shard and write it out: the I/O floor of any rewrite.
+def floor_copy(src_dir: Path, dst_dir: Path) -> int:
+    """Read every sample of every shard and write it back with the project's own reader and
+    writer (hashing both while the bytes pass, fsync on close): the floor of any rewrite."""
+    from fdhclean.shards import ShardReader, ShardWriter
 
-    `durable` also fsyncs each output shard, as refine does for every file it writes (how much
-    that costs depends on the disk, and is most of this benchmark's run-to-run noise)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
-    members = 0
+    samples = 0
     for shard in sorted(src_dir.glob("out-*.tar")):
-        with open(dst_dir / shard.name, "wb") as fh:
-            with tarfile.open(shard) as src, tarfile.open(fileobj=fh, mode="w") as dst:
-                for info in src:
-                    data = src.extractfile(info).read()
-                    dst.addfile(info, io.BytesIO(data))
-                    members += 1
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-    return members
+        reader = ShardReader(shard)
+        with ShardWriter(dst_dir / shard.name) as writer:
+            for raw in reader:
+                writer.write(raw.key, raw.members)
+                samples += 1
+        assert reader.sha256 == writer.sha256, f"{shard}: the copy differs"  # same bytes
+    return samples
 
 
-def timed(fn, *args) -> tuple[float, object]:
-    start = time.perf_counter()
+def read_only(src_dir: Path, hash_: bool) -> int:
+    """The reader alone (what refine's read costs), with or without the streaming sha256."""
+    from fdhclean.shards import ShardReader
+
+    return sum(
+        1 for shard in sorted(src_dir.glob("out-*.tar")) for _ in ShardReader(shard, hash=hash_)
+    )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants included
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn, *args) -> tuple[float, float, object]:
+    """(wall s, CPU s of this process and the children it waited for, result)."""
+    cpu, children, wall = time.process_time(), _children_cpu(), time.perf_counter()
     result = fn(*args)
-    return time.perf_counter() - start, result
+    cpu_used = time.process_time() - cpu + _children_cpu() - children
+    return time.perf_counter() - wall, cpu_used, result
+
+
+FLOOR = "floor: ShardReader + ShardWriter, fsync"
+
+
+def measure_round(data: Path, parts: Path, work: Path, workers: int) -> dict[str, tuple]:
+    """One round: the floor and refine at --workers 0 and N, back to back, so that the load of
+    a shared machine weighs on all of them alike. name -> (wall s, CPU s)."""
+    row = {FLOOR: timed(floor_copy, data / "train", work / "floor")[:2]}
+    for hash_ in (True, False):
+        row[f"reader only, sha256 {'on' if hash_ else 'off'}"] = timed(
+            read_only, data / "train", hash_
+        )[:2]
+    for n_workers in (0, workers):
+        out = work / f"clean-w{n_workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        row[f"refine --workers {n_workers}, whole command"] = timed(
+            run_cli, "refine", "--split", "train", "--data-root", str(data), "--out", str(out),
+            "--part-table", str(parts), "--predictions", str(data / "predictions_train.json"),
+            "--workers", str(n_workers),
+        )[:2]  # fmt: skip
+        if n_workers == 0:  # the per-shard work alone: what a 600-shard run is made of
+            summary = json.loads((out / "train" / "refine_summary.json").read_text())
+            shards = summary["shards"]
+            cpu = (
+                sum(s["cpu_seconds"] for s in shards)
+                if all("cpu_seconds" in s for s in shards)
+                else float("nan")
+            )
+            row["refine --workers 0, shard work only"] = (sum(s["seconds"] for s in shards), cpu)
+    return row
+
+
+def print_rounds(rounds: list[dict[str, tuple]], n: int) -> None:
+    """Best (least) CPU of each row over the rounds, its rate and ratio to the best floor, and
+    the range of the ratio measured within one round."""
+    print(
+        f"{'':42s} {'wall s':>7s} {'CPU s':>7s} {'samples/CPU-s':>14s} {'vs floor':>8s}  per round"
+    )
+    floor = min(r[FLOOR][1] for r in rounds)
+    for name in rounds[0]:
+        wall = min(r[name][0] for r in rounds)
+        cpu = min(r[name][1] for r in rounds)
+        ratios = [r[FLOOR][1] / r[name][1] for r in rounds]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{name:42s} {wall:7.2f} {cpu:7.2f} {n / cpu:14.1f} {floor / cpu:8.2f}  {spread}")
+    print(f"(best of {len(rounds)} rounds; CPU: process time, user + system, worker processes")
+    print(" included; whole command: Python start-up, imports and loading the predictions")
+    print(" included; shard work: per-shard times in refine_summary.json, CPU where refine")
+    print(" records `cpu_seconds`, else nan)")
 
 
 def run_cli(*args: str) -> None:
@@ -64,6 +128,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--samples-per-shard", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="refine --workers for run 3")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the best of each row")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--estimator", action="store_true", help="also run bench/estimator.py")
     parser.add_argument("--estimator-args", default="", help="arguments for bench/estimator.py")
@@ -80,31 +145,10 @@ def main() -> None:
     n = args.shards * args.samples_per_shard
     size_mb = sum(p.stat().st_size for p in (data / "train").glob("*.tar")) / 2**20
 
-    rows = []
-    t, _ = timed(plain_copy, data / "train", work / "copy")
-    rows.append(("plain tar copy (in-process)", t))
-    t, _ = timed(plain_copy, data / "train", work / "copy-fsync", True)
-    rows.append(("plain tar copy + fsync per shard", t))
-    for workers in (0, args.workers):
-        out = work / f"clean-w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        t, _ = timed(run_cli, "refine", "--split", "train", "--data-root", str(data),
-                     "--out", str(out), "--part-table", str(parts),
-                     "--predictions", str(data / "predictions_train.json"),
-                     "--workers", str(workers))  # fmt: skip
-        rows.append((f"refine --workers {workers}, whole command", t))
-        if workers == 0:  # the per-shard work alone: what a 600-shard run is made of
-            summary = json.loads((out / "train" / "refine_summary.json").read_text())
-            shard_seconds = sum(s["seconds"] for s in summary["shards"])
-            rows.append(("refine --workers 0, shard work only", shard_seconds))
-
+    floor_copy(data / "train", work / "floor")  # warms the page cache: every round reads from it
+    rounds = [measure_round(data, parts, work, args.workers) for _ in range(args.repeat)]
     print(f"\n{n} samples in {args.shards} shards ({size_mb:.0f} MiB), work dir {work}")
-    copy_rate = n / rows[0][1]
-    for name, seconds in rows:
-        rate = n / seconds
-        print(f"{name:42s} {seconds:7.2f} s  {rate:8.1f} samples/s  ratio {rate / copy_rate:.2f}")
-    print("(whole command: Python start-up, imports and loading the predictions included;")
-    print(" shard work: the sum of the per-shard times in refine_summary.json)")
+    print_rounds(rounds, n)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     if args.estimator:

@@ -136,8 +136,41 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[[], Any]]:
 _ALLOWED = _allowed_globals()
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler whose `find_class` knows only `_ALLOWED`."""
+def _check_dtype(dtype: np.dtype) -> None:
+    """A dtype rebuilt from a pickle's state must be one numpy itself would make: its flags
+    come from the file, and flags that claim object references on plain numbers would make
+    numpy treat array bytes as pointers."""
+    try:
+        fresh = np.dtype(dtype.str)
+    except TypeError as exc:
+        raise UnsafePickleError(f"pickle builds an invalid dtype ({exc})") from None
+    plain = dtype.names is None and dtype.subdtype is None and dtype.kind in "biufcSUO"
+    if not plain or dtype.flags != fresh.flags or dtype.itemsize != fresh.itemsize:
+        raise UnsafePickleError(
+            f"pickle builds dtype {dtype.str} with state numpy would not make (flags "
+            f"{dtype.flags}, itemsize {dtype.itemsize}); only plain dtypes are allowed"
+        )
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001
+    """An Unpickler whose `find_class` knows only `_ALLOWED`.
+
+    The pure-Python unpickler (CPython's own, the C one's reference) so that BUILD can be
+    checked: a dtype's `__setstate__` takes its flags from the file and is validated before the
+    dtype is used; `ndarray.__setstate__` may not exceed the file's size.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+
+    def load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) >= 4:
+            _check_array_size(state[1], state[2] if isinstance(state[2], np.dtype) else "u1")
+        super().load_build()
+        if isinstance(inst, np.dtype):
+            _check_dtype(inst)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         resolver = _ALLOWED.get((module, name))
@@ -201,5 +234,8 @@ def load_pickle_restricted(
         raise UnsafePickleError(f"{path}: {exc}") from None
     except MemoryError:  # a last resort: every known way to ask for memory is refused above
         raise UnsafePickleError(f"{path}: unpickling it ran out of memory") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a malformed pickle fails in many ways: AttributeError,
+        # SystemError, LookupError ... from whatever opcode is malformed; no code of its own ran)
+        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None

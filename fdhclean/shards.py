@@ -125,6 +125,7 @@ class ShardReader:
         self.archives = 0
 
     def __iter__(self) -> Iterator[RawSample]:
+        self.sha256, self.bytes_read, self.samples, self.archives = None, 0, 0, 0
         try:
             fh = open(self.path, "rb", buffering=1 << 16)  # noqa: SIM115 (closed below)
         except OSError as exc:

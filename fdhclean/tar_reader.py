@@ -77,12 +77,16 @@ class TarStream:
 
     def read_exact(self, n: int, what: str) -> bytes:
         start = self.offset
-        data = self.read(n)
+        # A size past the end of the file is refused before reading: a buffered read allocates
+        # what it is asked for, so a forged size would otherwise be a MemoryError.
+        fits = n <= self.size - start
+        data = self.read(n) if fits else b""
         if len(data) != n:
+            end = start + len(data) if fits else self.size
             raise TarFormatError(
                 start,
-                f"truncated: {what} needs {n} bytes but the file ends at byte {self.offset} "
-                "(cut short, or truncated while it was read)",
+                f"truncated: {what} needs {n} bytes from byte {start} but the file ends at "
+                f"byte {end} (cut short, or truncated while it was read)",
             )
         return data
 
@@ -95,7 +99,9 @@ class TarStream:
             return
         if self.offset + n > self.size:
             raise TarFormatError(
-                self.offset, f"truncated: {what} needs {n} bytes but the file has {self.size}"
+                self.offset,
+                f"truncated: {what} needs {n} bytes from byte {self.offset} but the file ends "
+                f"at byte {self.size}",
             )
         self.offset = self.fh.seek(self.offset + n, os.SEEK_SET)
 
@@ -148,7 +154,8 @@ def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
     pos = 0
     while pos < len(data) and data[pos] != 0:
         space = data.find(b" ", pos)
-        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        digits = data[pos:space]
+        length = int(digits) if 0 < len(digits) <= 20 and digits.isdigit() else 0
         record = data[pos : pos + length]
         if length <= space - pos + 1 or len(record) != length or not record.endswith(b"\n"):
             raise TarFormatError(offset, f"malformed PAX extended header record at +{pos}")
@@ -182,7 +189,7 @@ class _Pending:
             raw = pax[b"path"]
         size = info.size
         if b"size" in pax:
-            if not pax[b"size"].isdigit():
+            if not (pax[b"size"].isdigit() and len(pax[b"size"]) <= 20):
                 raise TarFormatError(offset, f"PAX size {pax[b'size']!r} is not an integer")
             size = int(pax[b"size"])
         sparse = any(key.startswith(b"GNU.sparse.") for key in pax)

@@ -192,3 +192,24 @@ def test_pickle_size_is_bounded(tmp_path) -> None:
     with pytest.raises(UnsafePickleError, match=r"data\.pkl.*larger than 1000 bytes"):
         load_pickle_restricted(path, max_bytes=1000)
     assert load_pickle_restricted(path)["vertices"].shape == (5000,)
+
+
+def test_dtype_with_forged_flags_is_refused(tmp_path) -> None:
+    """dtype state comes from the file: flags claiming object references on float32 would make
+    numpy read array bytes as pointers."""
+    forged = _Reduces(np.dtype, ("f4", False, True))
+    forged.__reduce__ = lambda: (
+        np.dtype,
+        ("f4", False, True),
+        (3, "<", None, None, None, -1, -1, 63),
+    )
+    payload = pickle.dumps({"vertices": forged}, protocol=2)
+    path = tmp_path / "mesh.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match=r"mesh\.pkl.*dtype"):
+        load_pickle_restricted(path)
+    honest = {"f": np.dtype("f4"), "o": np.dtype("O"), "u": np.arange(3, dtype=">u2")}
+    path.write_bytes(pickle.dumps(honest, protocol=2))
+    ours, theirs = load_pickle_restricted(path), pickle.loads(path.read_bytes())
+    assert ours["f"] == theirs["f"] and ours["o"] == theirs["o"]
+    assert ours["u"].dtype == theirs["u"].dtype and ours["u"].tolist() == [0, 1, 2]

@@ -164,3 +164,60 @@ def test_shard_truncated_while_read_is_a_clear_error(tmp_path: Path) -> None:
         fh.truncate(2_000_000)
     with pytest.raises(ShardReadError, match=r"out-000000\.tar.*truncated.*at byte \d+"):
         list(reader)
+
+
+def test_forged_member_size_is_an_error_not_an_allocation(tmp_path: Path) -> None:
+    path = tmp_path / "out-000000.tar"
+    info = tarfile.TarInfo("1.image.png")
+    info.size = 2**40  # a terabyte claimed by a 10 KiB file
+    path.write_bytes(info.tobuf(tarfile.GNU_FORMAT) + bytes(9216))
+    for read in (read_shard, count_samples):
+        with pytest.raises(
+            ShardReadError, match=r"truncated.*1\.image\.png.*from byte 512.*ends at byte 9728"
+        ):
+            read(path)
+
+
+def test_memory_is_bounded_by_one_sample(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = make_shard(tmp_path / "out-000000.tar", n=30, size=200_000)  # 6 MB shard
+    tracemalloc.start()
+    try:
+        reader = ShardReader(path)
+        for _ in reader:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reader.samples == 30
+    assert peak < 1_000_000, peak  # one 200 kB sample + the 64 KiB read buffer, not 6 MB
+
+
+def test_random_damage_is_always_a_shard_read_error(tmp_path: Path) -> None:
+    """Flipped bytes and cuts anywhere (headers, PAX records, data, end marker): the reader
+    returns samples or raises ShardReadError, never another exception."""
+    import random
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, name in enumerate(["1.image.png", "1.mask.png", "2.imäge.png", "a" * 120 + "/3.x"]):
+            _add(tar, name, data=bytes([i + 1]) * (300 + 700 * i))
+    base = buffer.getvalue()
+    rng = random.Random(12)
+    path = tmp_path / "out-000000.tar"
+    outcomes = {"read": 0, "refused": 0}
+    for _ in range(400):
+        data = bytearray(base)
+        for _ in range(rng.choice([1, 2, 8])):
+            data[rng.randrange(min(len(data), 4096))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        for read in (read_shard, count_samples):
+            try:
+                read(path)
+                outcomes["read"] += 1
+            except ShardReadError:
+                outcomes["refused"] += 1
+    assert min(outcomes.values()) > 20, outcomes  # both kinds of damage were produced
