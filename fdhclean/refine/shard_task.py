@@ -71,6 +71,7 @@ class ShardResult:
     output_bytes: int = 0
     output_sha256: str = ""
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     fingerprint: str = ""
     # why the units are in doubt ("" when every sample with a visible keypoint agreed)
     units_ambiguous: str = ""
@@ -108,10 +109,11 @@ def process_shard(
         done = _completed_meanwhile(shard_path, split_out, ctx)
         if done is not None:
             return done
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         remove_stale_temporaries(split_out, shard_path.name)  # ours alone: we hold the lock
         result = _process(shard_path, split_out, ctx, estimates)
         result.seconds = round(time.perf_counter() - start, 3)
+        result.cpu_seconds = round(time.process_time() - cpu, 3)  # this process, all threads
         result.fingerprint = ctx.fingerprint
         marker_path = output_paths(split_out, shard_path.name)[2]
         atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
