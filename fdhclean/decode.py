@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import io
 import math
+import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,23 +35,70 @@ __all__ = [
     "FDH_SHAPE",
     "KEYPOINTS_SHAPE",
     "UNITS",
+    "UnitsDecision",
+    "check_png",
     "decode_image",
     "decode_keypoints",
     "decode_mask",
     "decode_npy",
     "decode_vertices",
+    "decide_units",
     "detect_units",
     "encode_npy",
     "encode_png",
+    "png_header",
     "from_normalized",
     "to_normalized",
 ]
 
 
-def _open_png(data: bytes) -> Image.Image:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> allowed bit depths (PNG spec, IHDR)
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) of a PNG, from its signature and IHDR chunk
+    alone (33 bytes, no decompression); ValueError when they are not a valid PNG start.
+
+    Cheap enough for every member refine does not decode, and it sees a decompression bomb's
+    dimensions before any decoder allocates them.
+    """
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE:
+        raise ValueError(f"not a PNG ({len(data)} bytes, no PNG signature)")
+    length, kind = int.from_bytes(data[8:12], "big"), data[12:16]
+    if kind != b"IHDR" or length != 13:
+        raise ValueError("not a PNG (the first chunk is not a 13-byte IHDR)")
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        raise ValueError("corrupt PNG header (IHDR CRC mismatch)")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    if width == 0 or height == 0 or depth not in _PNG_DEPTHS.get(colour, ()):
+        raise ValueError(f"invalid PNG header ({width}x{height}, depth {depth}, colour {colour})")
+    return width, height, depth, colour
+
+
+def check_png(data: bytes, shape: tuple[int, int], colours: tuple[int, ...]) -> None:
+    """ValueError unless `data` starts as a PNG of `shape` (H, W) with one of `colours`."""
+    width, height, _, colour = png_header(data)
+    if (height, width) != tuple(shape):
+        raise ValueError(f"PNG is {height}x{width} (HxW), expected {shape[0]}x{shape[1]}")
+    if colour not in colours:
+        raise ValueError(f"PNG has colour type {colour}, expected one of {colours}")
+
+
+def _open_png(data: bytes, shape: tuple[int, int] | None = None) -> Image.Image:
+    """Decode a PNG; with `shape`, its header is checked first, so a PNG of another size
+    (a decompression bomb included) is refused before anything is decompressed."""
     try:
+        if shape is not None:
+            width, height, _, _ = png_header(data)
+            _check_shape("PNG", (height, width), shape)
         image = Image.open(io.BytesIO(data), formats=["PNG"])  # no format probing: PNG only
         image.load()
+    except Image.DecompressionBombError as exc:  # any size allowed, but past PIL's limit
+        raise ValueError(f"decompression bomb refused ({len(data)} bytes): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"undecodable image ({len(data)} bytes): {exc}") from exc
     return image
@@ -62,7 +111,7 @@ def _check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...] | 
 
 def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """`image.png` -> uint8 (H, W, 3) RGB. `shape=None` accepts any size (resampled copies)."""
-    image = _open_png(data)
+    image = _open_png(data, shape)
     if image.mode != "RGB":
         # Grey or palette PNGs are still images; alpha would be silently dropped, so refuse it.
         if "A" in image.getbands() or image.mode in ("I", "I;16", "F"):
@@ -76,7 +125,7 @@ def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.n
 
 def decode_mask(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """A 1-channel mask PNG -> bool (H, W), `value > 0` (stored 0/1 or 0/255, fdh-format.md)."""
-    image = _open_png(data)
+    image = _open_png(data, shape)
     if len(image.getbands()) != 1:
         raise ValueError(f"mask has mode {image.mode!r}, expected a 1-channel PNG")
     if image.mode == "P":
@@ -172,18 +221,56 @@ def _check_units(units: str) -> None:
         raise ValueError(f"unknown keypoint units {units!r}, expected one of {UNITS}")
 
 
-def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:
-    """Units of a shard's keypoints: pixels when any finite |x| or |y| exceeds the threshold.
+@dataclass(frozen=True)
+class UnitsDecision:
+    """How a shard's units were decided: each sample with a visible keypoint votes pixels
+    (some visible |x| or |y| > 1.5) or normalised; samples without one abstain."""
 
-    fdh-format.md: the reference loader reads x/W, y/H, a copy script implies pixels; the
-    threshold (1.5) leaves room for normalised points slightly outside the crop.
+    units: str
+    pixel_votes: int = 0
+    normalized_votes: int = 0
+    basis: str = "visible"  # "visible": voted; "all": no visible keypoint, every finite value
+
+    @property
+    def dissent(self) -> int:
+        """Voting samples that disagree with the decision (> 0: an ambiguous shard)."""
+        if self.units == UNITS_PIXELS:
+            return self.normalized_votes
+        return self.pixel_votes
+
+
+def decide_units(keypoint_arrays: Iterable[np.ndarray]) -> UnitsDecision:
+    """Units of a shard's keypoints, decided by what can decide them.
+
+    fdh-format.md: the reference loader reads x/W, y/H, a copy script implies pixels; a value
+    above 1.5 means pixels. Only visible keypoints (finite, v > 0) count: an invisible point's
+    coordinates are often junk (one invisible x = 1.6 once flipped a whole normalised shard to
+    pixels). The majority of voting samples decides; a tie goes to pixels (the old rule: any
+    pixel evidence); with no visible keypoint at all, every finite value counts as before.
     """
+    pixel_votes = normalized_votes = 0
+    any_large = False
     for kp in keypoint_arrays:
-        xy = np.abs(np.asarray(kp, dtype=np.float64)[..., :2])
-        finite = xy[np.isfinite(xy)]
-        if finite.size and float(finite.max()) > PIXEL_UNITS_THRESHOLD:
-            return UNITS_PIXELS
-    return UNITS_NORMALIZED
+        kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
+        xy = np.abs(kp[:, :2])
+        finite = np.isfinite(xy).all(axis=1)
+        any_large = any_large or bool((xy[finite] > PIXEL_UNITS_THRESHOLD).any())
+        visible = finite & np.isfinite(kp[:, 2]) & (kp[:, 2] > 0)
+        if visible.any():
+            if float(xy[visible].max()) > PIXEL_UNITS_THRESHOLD:
+                pixel_votes += 1
+            else:
+                normalized_votes += 1
+    if pixel_votes == normalized_votes == 0:
+        units = UNITS_PIXELS if any_large else UNITS_NORMALIZED
+        return UnitsDecision(units, basis="all")
+    units = UNITS_PIXELS if pixel_votes >= normalized_votes else UNITS_NORMALIZED
+    return UnitsDecision(units, pixel_votes, normalized_votes)
+
+
+def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:
+    """Units of a shard's keypoints (`decide_units(...).units`)."""
+    return decide_units(keypoint_arrays).units
 
 
 def to_normalized(kp: np.ndarray, units: str) -> np.ndarray:

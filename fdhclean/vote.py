@@ -76,16 +76,37 @@ def score_keypoints(
     """
     kp, em, vx = _as_batch(keypoints, emask, vertices)
     n, h, w = em.shape
+    considered, px, py = keypoint_pixels(kp, min_score, h, w)
+    rows = np.arange(n)[:, None]
+    return score_lookups(considered, em[rows, py, px], vx[rows, py, px], vertex_parts, accepted)
+
+
+def keypoint_pixels(
+    kp: np.ndarray, min_score: float, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(considered, px, py) of normalised keypoints (N,17,3): which keypoints count, and the
+    pixel each one lies in (0 where not considered)."""
     x, y, v = kp[..., 0], kp[..., 1], kp[..., 2]
     considered = (v > min_score) & (x >= 0) & (x < 1) & (y >= 0) & (y < 1)
     # floor(x*W) < W for every float64 x < 1 with W = 160 or 288; the clip only guards
     # against rounding for other sizes (the pixel that contains the point).
     px = np.where(considered, np.minimum(np.floor(np.where(considered, x, 0) * w), w - 1), 0)
     py = np.where(considered, np.minimum(np.floor(np.where(considered, y, 0) * h), h - 1), 0)
-    px, py = px.astype(np.intp), py.astype(np.intp)
-    rows = np.arange(n)[:, None]
-    on_surface = considered & em[rows, py, px]
-    vid = np.where(on_surface, vx[rows, py, px], 0)
+    return considered, px.astype(np.intp), py.astype(np.intp)
+
+
+def score_lookups(
+    considered: np.ndarray,
+    emask_at: np.ndarray,
+    vertex_at: np.ndarray,
+    vertex_parts: np.ndarray,
+    accepted: np.ndarray,
+) -> Scores:
+    """Scores from the maps' values at each keypoint's pixel (N,17): all the rule reads of
+    E_mask and the vertex map, so a caller can look them up without stacking whole maps."""
+    n = considered.shape[0]
+    on_surface = considered & np.asarray(emask_at, dtype=bool)
+    vid = np.where(on_surface, vertex_at, 0)
     table = np.asarray(vertex_parts, dtype=np.uint32)
     bad = on_surface & ((vid < 0) | (vid >= table.shape[0]))
     if bad.any():

@@ -88,11 +88,14 @@ def test_bad_samples_get_codes_and_bad_shards_fail_alone(synth_copy, tmp_path, c
     assert bad.orig_frac.isna().all() and bad.new_frac.isna().all()
     assert not bad.updated.any()
     assert bad.error.notna().all()
-    # failed samples are copied unchanged, with no member added
+    # failed samples are copied unchanged; they only gain the two provenance members that
+    # every sample of a cleaned shard has (a drop-in FDH: one member set per shard)
     originals = {s.key: s.members for s in read_shard(shards[0])}
     for s in read_shard(out / "val" / shards[0].name):
         if s.key in keys[:6]:
-            assert s.members == originals[s.key]
+            extra = {"keypoints_original.npy", "keypoints_estimated.npy"}
+            assert set(s.members) == set(originals[s.key]) | extra
+            assert {k: v for k, v in s.members.items() if k not in extra} == originals[s.key]
     assert not (out / "val" / "manifest.json").exists()
 
 
@@ -147,3 +150,55 @@ def test_integer_keypoints_are_rounded_not_truncated():
     out = chosen_keypoints(original, estimate, True, 0.3, "pixels")
     assert out.dtype == np.int32
     assert out[1].tolist() == [80, 144, 1] and out[0].tolist() == [160, 58, 0]
+
+
+def _rekey(keys):
+    """Rewrite a shard giving sample i the key keys[i] (where given)."""
+
+    def apply(path):
+        samples = read_shard(path)
+        with ShardWriter(path) as writer:
+            for s in samples:
+                writer.write(keys.get(s.index, s.key), dict(s.members))
+
+    return apply
+
+
+def test_keys_that_are_not_integers_are_decided_per_sample(synth_copy, tmp_path, capsys):
+    """Issue 12 class 3: 'abc', an absolute path, '../x' -> no-estimate rows naming the key;
+    the manifest is still written and `finalize` runs without a traceback."""
+    shards = sorted((synth_copy / "val").glob("out-*.tar"))
+    _rekey({0: "abc", 1: "/abs/x", 2: "../x"})(shards[1])
+    out = tmp_path / "out"
+    assert _refine(synth_copy, out) == 0
+    report = pd.read_parquet(out / "val" / "report")
+    bad = report[report.key.isin(["abc", "/abs/x", "../x"])]
+    assert len(bad) == 3 and set(bad.status) == {"no-estimate"}
+    assert all("is not an integer" in e for e in bad.error)
+    manifest = json.loads((out / "val" / "manifest.json").read_text())
+    assert manifest["totals"]["errors"]["no-estimate"] >= 3
+    capsys.readouterr()
+    assert main(["finalize", str(out), "--split", "val"]) == 0
+    (out / "val" / "run.json").write_text("{not json")
+    assert main(["finalize", str(out), "--split", "val"]) == 1
+    err = capsys.readouterr().err
+    assert "run.json" in err and "Traceback" not in err
+
+
+def test_an_input_changed_with_the_same_size_is_redone(synth_copy, tmp_path, capsys):
+    """Issue 12 class 7: the marker identifies the input by its sha256, not its size."""
+    out = tmp_path / "out"
+    assert _refine(synth_copy, out) == 0
+    shard = sorted((synth_copy / "val").glob("out-*.tar"))[1]
+    size = shard.stat().st_size
+    moved = np.tile(np.array([0.5, 0.5, 1.0], np.float32), (17, 1))
+    doctor_shard(shard, {0: _set("keypoints.npy", _npy(moved))})
+    assert shard.stat().st_size == size
+    capsys.readouterr()
+    assert _refine(synth_copy, out) == 0
+    assert "1 cleaned, 2 already complete" in capsys.readouterr().err
+    manifest = json.loads((out / "val" / "manifest.json").read_text())
+    summary = json.loads((out / "val" / "refine_summary.json").read_text())
+    recorded = {s["shard"]: s["input_sha256"] for s in summary["shards"]}
+    assert recorded[shard.name] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert manifest["totals"]["samples"] == 36

@@ -4,6 +4,7 @@ in the repository's `data_manifests/`."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -48,8 +49,10 @@ def run_finalize(args: argparse.Namespace) -> int:
 
     try:
         manifest = finalize_split(args.out / args.split)
-    except (IncompleteSplitError, FileNotFoundError) as exc:
-        print(f"fdhclean finalize: {exc}")
+    except (IncompleteSplitError, OSError, ValueError) as exc:
+        # incomplete split, unreadable/unwritable OUT, damaged run record or markers: a
+        # message, never a traceback (exit 1: the run is not finished, rerun when fixed)
+        print(f"fdhclean finalize: {exc}", file=sys.stderr)
         return 1
     print(f"manifest: {args.out / args.split / 'manifest.json'} ({len(manifest.shards)} shards)")
     for line in summary_lines(manifest.totals):

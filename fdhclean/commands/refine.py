@@ -34,7 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--part-table", help="vertex -> part table (.npz, `fdhclean parts build`)")
     src = p.add_argument_group("estimates (exactly one of --predictions / --estimator)")
     src.add_argument("--predictions", help="COCO results JSON (`fdhclean estimate` output)")
-    src.add_argument("--estimator", help="vitpose-hf or vitpose-mmpose")
+    from fdhclean.estimators import ESTIMATORS  # cheap: backends import their libraries lazily
+
+    src.add_argument("--estimator", help=f"one of {', '.join(sorted(ESTIMATORS))}")
+    src.add_argument(
+        "--estimator-option",
+        dest="estimator_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="backend option (repeatable), e.g. blur=transformers; VALUE is JSON or text",
+    )
     src.add_argument("--checkpoint", help="local weights of the estimator")
     src.add_argument("--checkpoint-sha256", help="expected sha256 of the weights")
     src.add_argument("--batch-size", type=int, help="estimator batch size (default 32)")
@@ -52,8 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vote.add_argument("--tie-policy", choices=("new", "original"), help="default new")
     vote.add_argument("--rules", help="TOML keypoint -> accepted parts table")
     run = p.add_argument_group("execution")
-    run.add_argument("--rank", type=int, help="this rank (default $RANK or 0)")
-    run.add_argument("--world-size", type=int, help="number of ranks (default $WORLD_SIZE or 1)")
+    run.add_argument(
+        "--rank", type=int, help="this rank (default $FDHCLEAN_RANK, [refine] rank, $RANK, else 0)"
+    )
+    run.add_argument(
+        "--world-size",
+        type=int,
+        help="number of ranks (default: as --rank, else 1)",
+    )
     run.add_argument("--workers", type=int, help="worker processes (default 0: in-process)")
     run.add_argument(
         "--overwrite",
@@ -69,14 +84,12 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fdhclean.refine.settings import resolve_settings
-    from fdhclean.shards import rank_from_env
 
     console = Console(stderr=True)
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "config", "dry_run")}
-    flags["rank"], flags["world_size"] = rank_from_env(args.rank, args.world_size)
-    try:
+    try:  # rank: --rank > $FDHCLEAN_RANK > [refine] rank > torchrun's $RANK > 0
         settings = resolve_settings(flags, args.config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         console.print(f"[red]fdhclean refine: {exc}[/red]")
         return 2
     if args.dry_run:
@@ -90,6 +103,7 @@ def _run(settings, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from fdhclean.refine.runner import ConfigurationMismatchError, run_refine
+    from fdhclean.refine.signals import RefineInterrupted
 
     columns = (
         "[progress.description]{task.description}",
@@ -112,23 +126,47 @@ def _run(settings, console) -> int:
 
         try:
             outcome = run_refine(settings, progress=on_shard)
-        except (ConfigurationMismatchError, FileNotFoundError, ValueError) as exc:
+        except RefineInterrupted as exc:
+            _print_interrupted(exc, settings, console)
+            return exc.exit_code
+        except (ConfigurationMismatchError, ValueError) as exc:
             console.print(f"[red]fdhclean refine: {exc}[/red]")
+            return 2
+        except OSError as exc:  # OUT read-only, disk full, a path that is not a directory...
+            console.print(
+                f"[red]fdhclean refine: cannot set up {settings.split_out}: {exc}; choose an "
+                "--out that is writable and has free space[/red]"
+            )
             return 2
     _print_outcome(outcome, settings, console)
     return outcome.exit_code
+
+
+def _print_interrupted(exc, settings, console) -> None:
+    done = len(exc.outcome.results) if exc.outcome is not None else 0
+    console.print(
+        f"[red]fdhclean refine: {exc} after {done} shard(s) of this run were cleaned; the "
+        "shards in progress were abandoned (no completion marker). Rerun the same command "
+        f"to resume into {settings.split_out}.[/red]"
+    )
 
 
 def _print_outcome(outcome, settings, console) -> None:
     from fdhclean.refine.finalize import sum_totals
     from fdhclean.refine.runner import summary_lines
 
+    busy = f", {len(outcome.busy)} in use by another process" if outcome.busy else ""
     console.print(
         f"shards: {len(outcome.results)} cleaned, {len(outcome.skipped)} already "
-        f"complete, {len(outcome.failed)} failed"
+        f"complete, {len(outcome.failed)} failed{busy}"
     )
     for name, message in outcome.failed.items():
         console.print(f"[red]FAILED {name}: {message}[/red]")
+    for message in outcome.busy.values():
+        console.print(f"[yellow]IN USE {message}[/yellow]")
+    for result in outcome.results:
+        if result.units_ambiguous:
+            console.print(f"[yellow]units of {result.shard}: {result.units_ambiguous}[/yellow]")
     if outcome.manifest is not None:
         totals = outcome.manifest.totals
         scope = f"split {settings.split} (all shards)"

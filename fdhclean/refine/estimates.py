@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 from collections import deque
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,15 +18,43 @@ import numpy as np
 
 from fdhclean.refine.settings import RefineSettings
 
-Estimates = Mapping[str, np.ndarray]
+
+@dataclass(frozen=True)
+class Estimates:
+    """One shard's estimates: key -> (17, 3) x, y, score, in pixels of the 288x160 image, or
+    normalised already (`normalized`: a revote's, from the report, replayed exactly)."""
+
+    lookup: Mapping[str, np.ndarray]
+    normalized: bool = False
+    integer_keys: bool = False  # keys matched as COCO image ids (a predictions file)
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.lookup.get(key)
+
+    def missing_reason(self, key: str) -> str:
+        """Why `key` has no estimate, for its report row."""
+        if self.integer_keys:
+            try:
+                int(key)
+            except ValueError:
+                return f"key {key!r} is not an integer, so no COCO image_id can match it"
+        return "no prediction for this key"
+
+
+@dataclass(frozen=True)
+class ShardEstimates:
+    """What a source has for one shard of the run, in order: `estimates` ready, an `error`
+    (the shard could not be estimated), or neither: `for_shard` where it is processed."""
+
+    path: Path
+    estimates: Estimates | None = None
+    error: str | None = None
 
 
 class EstimateSource(Protocol):
     def provenance(self) -> dict[str, Any]: ...
 
-    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str | None]]:
-        """Per shard, in order: its estimates, an error message, or None (`for_shard` later)."""
-        ...
+    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]: ...
 
     def for_shard(self, shard_path: Path) -> Estimates: ...
 
@@ -70,13 +99,13 @@ class PredictionsSource:
             "predictions_sha256": self._sha256[files[0]] if len(files) == 1 else self._sha256,
         }
 
-    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, None]]:
-        return ((path, None) for path in shards)  # looked up where the shard is processed
+    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
+        return (ShardEstimates(path) for path in shards)  # looked up where it is processed
 
     def for_shard(self, shard_path: Path) -> Estimates:
         if self._lookup is None:
             self._load()
-        return self._lookup
+        return Estimates(self._lookup, integer_keys=True)
 
     def keys(self) -> set[str]:
         if self._lookup is None:
@@ -126,23 +155,36 @@ class ModelSource:
         from fdhclean.estimators import build_estimator
 
         self.settings = settings
-        self.estimator = build_estimator(
-            settings.estimator,
-            checkpoint=settings.checkpoint,
-            checkpoint_sha256=settings.checkpoint_sha256,
-            device=_device_for_rank(settings.device),
-            batch_size=settings.batch_size,
-            flip_test=settings.flip_test,
-        )
+        try:
+            self.estimator = build_estimator(
+                settings.estimator,
+                checkpoint=settings.checkpoint,
+                checkpoint_sha256=settings.checkpoint_sha256,
+                device=_device_for_rank(settings.device),
+                batch_size=settings.batch_size,
+                flip_test=settings.flip_test,
+                **settings.estimator_kwargs(),
+            )
+        except TypeError as exc:  # an --estimator-option the backend does not take
+            raise ValueError(
+                f"--estimator {settings.estimator} refuses the options "
+                f"{list(settings.estimator_options)}: {exc}"
+            ) from None
 
     def provenance(self) -> dict[str, Any]:
-        # how the numbers were made (dtype, decoding, frame...): the estimator says (its Protocol)
-        return {"checkpoint": str(self.settings.checkpoint), **self.estimator.provenance()}
+        # how the numbers were made (dtype, decoding, frame...): the estimator says (its
+        # Protocol); backend options only when given, so runs without keep their fingerprint
+        options = self.settings.estimator_kwargs() if self.settings.estimator_options else None
+        return {
+            "checkpoint": str(self.settings.checkpoint),
+            **self.estimator.provenance(),
+            **({"options": options} if options else {}),
+        }
 
-    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, Estimates | str]]:
+    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
         from fdhclean.estimators import estimate_samples
 
-        plan: deque[list] = deque()  # [path, samples still to come, estimates or error]
+        plan: deque[_Pending] = deque()  # shards being read / estimated, in order
         stream = estimate_samples(
             self.estimator,
             _raw_pose_samples(shards, plan),
@@ -154,39 +196,58 @@ class ModelSource:
             yield from _finished(plan)
             entry = plan[0]
             if keypoints is not None:  # None: the estimator failed -> no-estimate
-                entry[2][key] = keypoints
-            entry[1] -= 1
+                entry.found[key] = keypoints
+            entry.received += 1
             yield from _finished(plan)  # hand a complete shard to the voters at once
         yield from _finished(plan)
 
     def for_shard(self, shard_path: Path) -> Estimates:
-        return dict(next(iter(self.estimates([shard_path])))[1])
+        item = next(iter(self.estimates([shard_path])))
+        if item.error is not None:
+            raise ValueError(item.error)
+        return item.estimates
 
     def for_workers(self) -> None:
         return None  # workers never estimate: the model stays in this process
 
 
+@dataclass
+class _Pending:
+    """A shard in the estimator's stream: samples sent, results received."""
+
+    path: Path
+    sent: int = 0
+    received: int = 0
+    read: bool = False  # every sample of it has been sent
+    error: str | None = None
+    found: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 def _raw_pose_samples(shards: list[Path], plan: deque) -> Iterator[tuple[str, dict, None]]:
-    """Raw pose members of every sample (decoded in the estimator's workers); a shard that
-    cannot be read enters the plan with its error and no samples."""
+    """Raw pose members of every sample, streamed shard by shard (decoded in the estimator's
+    workers); a shard that cannot be read carries its error once its sent samples are back."""
     from fdhclean.estimators.inputs import pose_members
-    from fdhclean.shards import ShardReadError, read_shard
+    from fdhclean.shards import ShardReadError, iter_shard
 
     for path in shards:
+        entry = _Pending(path)
+        plan.append(entry)
         try:
-            samples = read_shard(path)
+            for s in iter_shard(path):
+                entry.sent += 1
+                yield s.key, pose_members(s.find, s.get), None
         except ShardReadError as exc:
-            plan.append([path, 0, str(exc)])
-            continue
-        plan.append([path, len(samples), {}])
-        for s in samples:
-            yield s.key, pose_members(s.find, s.get), None
+            entry.error = str(exc)
+        entry.read = True
 
 
-def _finished(plan: deque) -> Iterator[tuple[Path, Estimates | str]]:
-    while plan and plan[0][1] == 0:
-        path, _, result = plan.popleft()
-        yield path, result
+def _finished(plan: deque) -> Iterator[ShardEstimates]:
+    while plan and plan[0].read and plan[0].received == plan[0].sent:
+        entry = plan.popleft()
+        if entry.error is not None:
+            yield ShardEstimates(entry.path, error=entry.error)
+        else:
+            yield ShardEstimates(entry.path, Estimates(entry.found))
 
 
 def _device_for_rank(device: str) -> str:
@@ -199,12 +260,6 @@ def _device_for_rank(device: str) -> str:
     import torch
 
     return f"cuda:{int(local_rank)}" if torch.cuda.is_available() else "cpu"
-
-
-class NormalizedEstimates(dict):
-    """Estimates that are normalised already (x/W, y/H, score), not pixels."""
-
-    normalized = True
 
 
 class ReportEstimates:
@@ -224,18 +279,19 @@ class ReportEstimates:
             "parent_estimator": parent["provenance"].get("estimator"),
         }
 
-    def estimates(self, shards: list[Path]) -> Iterator[tuple[Path, None]]:
-        return ((path, None) for path in shards)  # read where the shard is processed
+    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
+        return (ShardEstimates(path) for path in shards)  # read where the shard is processed
 
-    def for_shard(self, shard_path: Path) -> Mapping[str, np.ndarray]:
+    def for_shard(self, shard_path: Path) -> Estimates:
         from fdhclean.refine.originals import read_parent_rows
 
         rows = read_parent_rows(shard_path, ["status", "new_keypoints"])
-        return NormalizedEstimates(
-            (key, np.asarray(row["new_keypoints"], dtype=np.float64).reshape(-1, 3))
+        lookup = {
+            key: np.asarray(row["new_keypoints"], dtype=np.float64).reshape(-1, 3)
             for key, row in rows.items()
             if row["status"] == "ok" and row["new_keypoints"] is not None
-        )
+        }
+        return Estimates(lookup, normalized=True)
 
     def for_workers(self) -> ReportEstimates:
         return self

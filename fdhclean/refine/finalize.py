@@ -12,7 +12,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fdhclean.manifest import Manifest, ShardEntry, base_provenance, build_manifest, listing_hash
+from fdhclean.manifest import (
+    Manifest,
+    ShardEntry,
+    base_provenance,
+    build_manifest,
+    listing_hash,
+    sha256_file,
+)
 from fdhclean.refine.sample import ERROR_STATUSES
 from fdhclean.refine.shard_task import ShardResult, output_paths
 from fdhclean.shards import atomic_write_bytes, list_shards
@@ -30,29 +37,57 @@ def read_run_record(split_out: Path) -> dict[str, Any]:
     path = split_out / RUN_RECORD
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: was `fdhclean refine` run into {split_out}?")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a refine run record (JSON): {exc}") from None
+    missing = [k for k in ("fingerprint", "data_root", "split", "provenance") if k not in record]
+    if missing:
+        raise ValueError(f"{path} is not a refine run record: no {', '.join(missing)}")
+    return record
 
 
 def completed_results(
-    split_out: Path, shard_names: list[str], fingerprint: str, input_dir: Path
+    split_out: Path,
+    shard_names: list[str],
+    fingerprint: str,
+    input_dir: Path,
+    verify_inputs: bool = False,
 ) -> dict[str, ShardResult]:
     """Shards whose completion marker was written under the same settings and whose files
     still match it: the cleaned shard and report exist, the cleaned shard and the input shard
-    have the sizes the marker recorded (a changed input or a lost output is redone)."""
+    have the sizes the marker recorded (a changed input or a lost output is redone).
+
+    `verify_inputs`: the input's sha256 must also be the one the marker recorded (an input
+    changed in place with the same size is redone). A rank's resume does this for its own
+    shards (one read of each completed input); `finalize` checks sizes only, so that the last
+    rank does not re-read the whole split.
+    """
     results = {}
     for name in shard_names:
         tar_path, report_path, marker = output_paths(split_out, name)
         if not marker.is_file():
             continue
-        result = ShardResult.from_json(json.loads(marker.read_text()))
+        try:
+            result = ShardResult.from_json(json.loads(marker.read_text()))
+        except (ValueError, TypeError):  # a damaged marker: the shard is simply redone
+            continue
         if (
             result.fingerprint == fingerprint
             and report_path.is_file()
             and _size(tar_path) == result.output_bytes
             and _size(input_dir / name) == result.input_bytes
+            and (not verify_inputs or _sha256(input_dir / name) == result.input_sha256)
         ):
             results[name] = result
     return results
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def _size(path: Path) -> int | None:
@@ -77,6 +112,10 @@ def sum_totals(results: list[ShardResult]) -> dict[str, Any]:
         "errors": dict(sorted(errors.items())),
         "box_sources": dict(sorted(boxes.items())),
         "shard_keypoint_units": dict(sorted(units.items())),
+        # shards whose samples disagreed on the units (see each shard's `units_ambiguous`)
+        "units_ambiguous_shards": [r.shard for r in results if r.units_ambiguous],
+        # shard -> {key: status} of the samples training must skip (status is an error)
+        "error_samples": {r.shard: r.error_samples for r in results if r.error_samples},
     }
 
 
@@ -134,7 +173,12 @@ def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
     from fdhclean.estimators.predictions import canonical_key
     from fdhclean.refine.estimates import PredictionsSource
 
-    split_keys = {canonical_key(k) for k in _split_keys(split_out)}
+    split_keys = set()
+    for key in _split_keys(split_out):
+        try:
+            split_keys.add(canonical_key(key))
+        except ValueError:  # not an integer: no prediction can be for it (its row says so)
+            continue
     return len(PredictionsSource(Path(path)).keys() - split_keys)
 
 

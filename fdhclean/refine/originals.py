@@ -12,33 +12,76 @@ run bit for bit (style.md point 3).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from fdhclean.fdh import NUM_KEYPOINTS
+from fdhclean.decode import UnitsDecision, decide_units
+from fdhclean.fdh import MEMBER_KEYPOINTS, NUM_KEYPOINTS
 from fdhclean.refine.sample import STATUS_OK, Sample
-from fdhclean.shards import detect_units, encode_npy, from_normalized, to_normalized
+from fdhclean.shards import (
+    ShardReader,
+    decode_keypoints,
+    encode_npy,
+    from_normalized,
+    to_normalized,
+)
+
+
+class ShardOriginals(Protocol):
+    """The originals of one shard: its units, decided before any sample is voted."""
+
+    units: UnitsDecision
+
+    def apply(self, samples: Sequence[Sample]) -> None:
+        """Set `orig_norm` (and `restore_keypoints`) of every `ok` sample of a block."""
+        ...
+
+    def finish(self, count: int) -> None:
+        """The shard has been read to its end with `count` samples."""
+        ...
 
 
 class OriginalSource(Protocol):
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
-        """Set `orig_norm` (and `restore_keypoints`) of every `ok` sample; return the units."""
-        ...
+    def open(self, shard_path: Path) -> ShardOriginals: ...
 
 
 class StoredOriginals:
     """The shard's own `keypoints.npy` is the original (refine); units detected per shard."""
 
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
-        units = detect_units(s.keypoints for s in samples if s.status == STATUS_OK)
+    def open(self, shard_path: Path) -> ShardOriginals:
+        return _StoredShard(decide_units(_stored_keypoints(shard_path)))
+
+
+def _stored_keypoints(shard_path: Path) -> Iterator[np.ndarray]:
+    """Every readable (17, 3) `keypoints.npy` of the shard: a first pass over the shard that
+    decodes nothing else (no hash; the voting pass hashes), so the units are known before the
+    first sample is voted and the shard can then be streamed. Samples whose other members are
+    bad count too: their keypoints are evidence of the shard's units all the same."""
+    for raw in ShardReader(shard_path, hash=False):
+        name = raw.find(MEMBER_KEYPOINTS)
+        if name is None:
+            continue
+        try:
+            yield decode_keypoints(raw.members[name])
+        except ValueError:
+            continue
+
+
+class _StoredShard:
+    def __init__(self, units: UnitsDecision) -> None:
+        self.units = units
+
+    def apply(self, samples: Sequence[Sample]) -> None:
         for s in samples:
             if s.status == STATUS_OK:
                 kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
-                s.orig_norm = to_normalized(kp, units)
-        return units
+                s.orig_norm = to_normalized(kp, self.units.units)
+
+    def finish(self, count: int) -> None:
+        pass
 
 
 def parent_report_path(shard_path: Path) -> Path:
@@ -69,19 +112,31 @@ class ReportOriginals:
 
     COLUMNS = ("status", "error", "updated", "orig_keypoints", "keypoint_units")
 
-    def prepare(self, shard_path: Path, samples: Sequence[Sample]) -> str:
-        rows = read_parent_rows(shard_path, self.COLUMNS)
-        if [s.key for s in samples] != list(rows):
-            raise ValueError(
-                f"shard {shard_path} and its report {parent_report_path(shard_path)} do not "
-                "list the same samples in the same order"
-            )
+    def open(self, shard_path: Path) -> ShardOriginals:
+        return _ReportShard(shard_path, read_parent_rows(shard_path, self.COLUMNS))
+
+
+class _ReportShard:
+    def __init__(self, shard_path: Path, rows: dict[str, dict]) -> None:
+        self.shard_path = shard_path
+        self.rows = list(rows.items())  # in the report's (= the shard's) order
         units_seen = {row["keypoint_units"] for row in rows.values()}
         if len(units_seen) != 1:
             raise ValueError(f"report of {shard_path} mixes keypoint units {sorted(units_seen)}")
-        units = units_seen.pop()
+        self.units = UnitsDecision(units_seen.pop(), basis="report")  # the parent decided
+
+    def _mismatch(self) -> ValueError:
+        return ValueError(
+            f"shard {self.shard_path} and its report {parent_report_path(self.shard_path)} do "
+            "not list the same samples in the same order"
+        )
+
+    def apply(self, samples: Sequence[Sample]) -> None:
+        units = self.units.units
         for s in samples:
-            row = rows[s.key]
+            if s.raw.index >= len(self.rows) or self.rows[s.raw.index][0] != s.key:
+                raise self._mismatch()
+            row = self.rows[s.raw.index][1]
             if row["status"] != STATUS_OK:
                 s.fail(row["status"], row["error"])  # errors stay as they are
             if s.status != STATUS_OK:
@@ -91,4 +146,7 @@ class ReportOriginals:
                 stored = np.asarray(s.keypoints)
                 original = from_normalized(s.orig_norm, units, stored.dtype)
                 s.restore_keypoints = encode_npy(original.reshape(stored.shape))
-        return units
+
+    def finish(self, count: int) -> None:
+        if count != len(self.rows):
+            raise self._mismatch()

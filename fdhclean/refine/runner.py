@@ -10,8 +10,10 @@ the N processes do all the work).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,9 +29,11 @@ from fdhclean.refine.finalize import (
     completed_results,
     finalize_split,
 )
+from fdhclean.refine.lock import ShardInUseError
 from fdhclean.refine.originals import ReportOriginals, StoredOriginals
 from fdhclean.refine.settings import RefineSettings
 from fdhclean.refine.shard_task import ShardResult, VoteContext, process_shard
+from fdhclean.refine.signals import RefineInterrupted, become_worker, interrupts_raise, kill_workers
 from fdhclean.rules import DEFAULT_RULES, load_rules
 from fdhclean.shards import ShardReadError, atomic_write_bytes, list_shards, shards_for_rank
 
@@ -39,12 +43,32 @@ class ConfigurationMismatchError(RuntimeError):
 
 
 @dataclass
+class ShardDone:
+    """How one shard of this run ended: cleaned (`result`), failed (`error`, why), or left to
+    the live process that holds its lock (`busy`, who)."""
+
+    path: Path
+    result: ShardResult | None = None
+    error: str | None = None
+    busy: str | None = None
+
+
+@dataclass
 class RefineOutcome:
     results: list[ShardResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)  # shard -> message naming the holder
     manifest: Manifest | None = None
     pending_elsewhere: int = 0
+
+    def add(self, item: ShardDone) -> None:
+        if item.result is not None:
+            self.results.append(item.result)
+        elif item.busy is not None:
+            self.busy[item.path.name] = item.busy
+        else:
+            self.failed[item.path.name] = item.error or "failed"
 
     @property
     def exit_code(self) -> int:
@@ -58,8 +82,14 @@ def run_refine(
     """Clean this rank's shards of the split; finalise the split when it is complete.
 
     `progress(result, total)` is called once with `(None, number of shards to do)` and then
-    after every shard (a failed shard passes an empty result).
+    after every shard (a failed shard passes an empty result). SIGTERM / SIGINT raise
+    `RefineInterrupted` (see `refine.signals`).
     """
+    with interrupts_raise():
+        return _run_refine(settings, progress)
+
+
+def _run_refine(settings: RefineSettings, progress) -> RefineOutcome:
     split_out = settings.split_out
     check_output_apart(settings)
     split_out.mkdir(parents=True, exist_ok=True)
@@ -80,26 +110,38 @@ def run_refine(
         originals=ReportOriginals() if settings.revote else StoredOriginals(),
     )
     input_dir = settings.data_root / settings.split
-    done = completed_results(split_out, [p.name for p in mine], record["fingerprint"], input_dir)
+    names = [p.name for p in mine]
+    done = completed_results(split_out, names, record["fingerprint"], input_dir, True)
     outcome = RefineOutcome(skipped=sorted(done))
     todo = [p for p in mine if p.name not in done]
     if progress is not None:
         progress(None, len(todo))
-    for path, result in _run_shards(todo, split_out, ctx, source, settings.workers):
-        if isinstance(result, ShardResult):
-            outcome.results.append(result)
-        else:
-            outcome.failed[path.name] = result
-        if progress is not None:
-            done_result = result if isinstance(result, ShardResult) else ShardResult(path.name)
-            progress(done_result, len(todo))
+    try:
+        for item in _run_shards(todo, split_out, ctx, source, settings.workers):
+            outcome.add(item)
+            if progress is not None:
+                progress(item.result or ShardResult(item.path.name), len(todo))
+    except RefineInterrupted as exc:
+        exc.outcome = outcome
+        raise
+    _finalize(settings, outcome, [p.name for p in all_shards], record["fingerprint"])
+    return outcome
+
+
+def _finalize(settings: RefineSettings, outcome: RefineOutcome, names, fingerprint) -> None:
+    """Write the manifest when the split is complete, else count what other ranks still owe."""
+    split_out = settings.split_out
     try:
         outcome.manifest = finalize_split(split_out)
+    except OSError as exc:  # disk full / read-only at the end: the shards are complete
+        outcome.failed["manifest.json"] = (
+            f"cannot write the manifest into {split_out}: {exc}; free space, then run "
+            f"`fdhclean finalize {settings.out} --split {settings.split}`"
+        )
     except IncompleteSplitError:
-        names = [p.name for p in all_shards]
-        complete = completed_results(split_out, names, record["fingerprint"], input_dir)
+        input_dir = settings.data_root / settings.split
+        complete = completed_results(split_out, names, fingerprint, input_dir)
         outcome.pending_elsewhere = len(names) - len(complete) - len(outcome.failed)
-    return outcome
 
 
 def check_output_apart(settings: RefineSettings) -> None:
@@ -170,7 +212,8 @@ def _changed_settings(previous: dict[str, Any], record: dict[str, Any]) -> str:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource) -> None:
+def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource, parent: int) -> None:
+    become_worker(parent)
     _WORKER_STATE.update(split_out=split_out, ctx=ctx, source=source)
 
 
@@ -183,53 +226,68 @@ def _worker_task(shard_path: Path, estimates) -> ShardResult:
 
 def _run_shards(
     todo: list[Path], split_out: Path, ctx: VoteContext, source: EstimateSource, workers: int
-) -> Iterator[tuple[Path, ShardResult | str]]:
-    """Yield (shard, result or error message) as shards finish; one bad shard fails alone.
+) -> Iterator[ShardDone]:
+    """Yield how each shard ended, as shards finish; one bad shard fails alone.
 
-    Estimates come shard by shard from `source.estimates(todo)`: None where each worker loads
-    them itself (predictions file), a mapping where a model produced them in this process,
-    or an error message where the shard could not be estimated.
+    Estimates come shard by shard from `source.estimates(todo)` (`ShardEstimates`): ready
+    where a model produced them in this process, an error where the shard could not be
+    estimated, or neither: looked up where the shard is processed (`source.for_shard`).
     """
     tasks = source.estimates(todo)
     if workers <= 0:
-        for path, estimates in tasks:
-            if isinstance(estimates, str):
-                yield path, estimates
+        for task in tasks:
+            if task.error is not None:
+                yield ShardDone(task.path, error=task.error)
                 continue
             try:
-                if estimates is None:
-                    estimates = source.for_shard(path)
-                yield path, process_shard(path, split_out, ctx, estimates)
+                estimates = task.estimates or source.for_shard(task.path)
+                result = process_shard(task.path, split_out, ctx, estimates)
+                yield ShardDone(task.path, result=result)
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-                yield path, _shard_error(path, exc)
+                yield _shard_error(task.path, exc)
         return
-    # Shard-parallel: workers vote and write while this process runs the model (if any).
-    with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(split_out, ctx, source.for_workers())
-    ) as pool:
+    yield from _run_pool(tasks, split_out, ctx, source, workers)
+
+
+def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
+    """Shard-parallel: workers vote and write while this process runs the model (if any)."""
+    initargs = (split_out, ctx, source.for_workers(), os.getpid())
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs)
+    try:
         pending: list[tuple[Path, Future]] = []
-        for path, estimates in tasks:
-            if isinstance(estimates, str):
-                yield path, estimates
+        for task in tasks:
+            if task.error is not None:
+                yield ShardDone(task.path, error=task.error)
                 continue
-            pending.append((path, pool.submit(_worker_task, path, estimates)))
+            pending.append((task.path, pool.submit(_worker_task, task.path, task.estimates)))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
                 yield _collect(*pending.pop(0))
         for item in pending:
             yield _collect(*item)
+    except BaseException:  # interrupted (or the caller stopped): abandon, never wait
+        kill_workers(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
-def _collect(path: Path, future: Future) -> tuple[Path, ShardResult | str]:
+def _collect(path: Path, future: Future) -> ShardDone:
     try:
-        return path, future.result()
+        return ShardDone(path, result=future.result())
     except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-        return path, _shard_error(path, exc)
+        return _shard_error(path, exc)
 
 
-def _shard_error(path: Path, exc: BaseException) -> str:
+def _shard_error(path: Path, exc: BaseException) -> ShardDone:
+    if isinstance(exc, ShardInUseError):
+        return ShardDone(path, busy=str(exc))
     if isinstance(exc, ShardReadError):
-        return str(exc)
-    return f"shard {path} failed: {type(exc).__name__}: {exc}"
+        return ShardDone(path, error=str(exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return ShardDone(path, error=f"shard {path.name}: cannot write its outputs: {exc}")
+    return ShardDone(path, error=f"shard {path} failed: {type(exc).__name__}: {exc}")
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES)
 
 
 def summary_lines(totals: dict[str, Any]) -> list[str]:

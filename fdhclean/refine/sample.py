@@ -8,11 +8,14 @@ estimator decodes it on its own workers. A sample that cannot be voted gets a st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from fdhclean.box import person_box
+from fdhclean.decode import PNG_GREY, PNG_PALETTE, PNG_RGB, check_png
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
@@ -24,7 +27,16 @@ from fdhclean.fdh import (
     MEMBER_VERTICES,
     NUM_KEYPOINTS,
 )
-from fdhclean.shards import RawSample, decode_keypoints, decode_mask, decode_vertices
+from fdhclean.refine.report import empty_row, flat_keypoints
+from fdhclean.shards import (
+    RawSample,
+    decode_keypoints,
+    decode_mask,
+    decode_vertices,
+    to_normalized,
+)
+
+T = TypeVar("T")
 
 STATUS_OK = "ok"
 STATUS_NO_ESTIMATE = "no-estimate"
@@ -53,10 +65,46 @@ class Sample:
     # keypoints.npy bytes to write when the vote keeps the original, where the stored member
     # is not the original (a revote of an updated sample); None: keep the stored bytes
     restore_keypoints: bytes | None = None
+    # the decision (set by the vote on `ok` samples; error samples keep the defaults)
+    updated: bool = False
+    tie: bool = False
+    orig_scores: dict[str, Any] | None = None  # Scores.row() of the original annotation
+    new_scores: dict[str, Any] | None = None  # ... and of the estimate
 
     @property
     def key(self) -> str:
         return self.raw.key
+
+    def normalised_original(self, units: str) -> np.ndarray | None:
+        """The original annotation normalised: as voted, else as readable (error samples)."""
+        if self.orig_norm is not None:
+            return self.orig_norm
+        if self.keypoints is None:
+            return None
+        kp = np.asarray(self.keypoints, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+        return to_normalized(kp, units)
+
+    def report_row(self, units: str) -> dict[str, Any]:
+        """This sample's row of the shard's report (`refine.report.REPORT_SCHEMA`)."""
+        row = empty_row()
+        row.update(
+            key=self.key,
+            shard=self.raw.shard,
+            index=self.raw.index,
+            status=self.status,
+            error=self.error,
+            updated=self.updated,
+            tie=self.tie,
+            orig_keypoints=flat_keypoints(self.normalised_original(units)),
+            new_keypoints=flat_keypoints(self.estimate_norm),
+            box=list(self.box) if self.box else None,
+            box_source=self.box_source,
+            keypoint_units=units,
+        )
+        for side, scores in (("orig", self.orig_scores), ("new", self.new_scores)):
+            for name, value in (scores or {}).items():
+                row[f"{side}_{name}"] = value
+        return row
 
     def fail(self, status: str, error: str) -> None:
         """Record the first reason this sample cannot be voted (later ones are consequences)."""
@@ -66,16 +114,24 @@ class Sample:
 
 
 # Every FDH member must be there (a cleaned sample is a training sample); the vote decodes
-# only some of them, so the others are checked for presence, not decoded (that would cost a
-# 288x160 RGB PNG decode per sample).
+# only some of them. The others get their PNG signature and IHDR header checked (33 bytes, no
+# decompression): a full decode would cost a 288x160 RGB PNG per sample, while a junk or
+# wrong-sized image.png is still caught here instead of crashing training later.
 REQUIRED_MEMBERS = (
     MEMBER_IMAGE, MEMBER_MASK, MEMBER_MASKRCNN, MEMBER_EMASK, MEMBER_VERTICES, MEMBER_KEYPOINTS,
 )  # fmt: skip
+_NOT_DECODED_PNGS = {
+    MEMBER_IMAGE: (PNG_GREY, PNG_RGB, PNG_PALETTE),  # what decode_image accepts (no alpha)
+    MEMBER_MASK: (PNG_GREY, PNG_PALETTE),  # 1-channel, as decode_mask requires
+    MEMBER_MASKRCNN: (PNG_GREY, PNG_PALETTE),
+}
 
 
 def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     """Decode the members the vote needs; any failure becomes a `bad-member` status."""
     sample = Sample(raw=raw)
+    if raw.problems:  # the reader could not take some member as stored (a link, a bad name)
+        sample.fail(STATUS_BAD_MEMBER, "; ".join(raw.problems))
     try:  # the original annotation first: the report keeps it even when another member fails
         keypoints = decode_keypoints(raw.get(MEMBER_KEYPOINTS))
         if keypoints.size != NUM_KEYPOINTS * 3:
@@ -85,14 +141,20 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
         sample.fail(STATUS_BAD_MEMBER, _message(exc))
         return sample
     missing = [name for name in REQUIRED_MEMBERS if raw.find(name) is None]
-    if missing:
+    if missing or raw.problems:
         sample.fail(STATUS_BAD_MEMBER, f"missing member(s): {', '.join(missing)}")
         return sample
     try:
-        emask = decode_mask(raw.get(MEMBER_EMASK))
-        vertices = decode_vertices(raw.get(MEMBER_VERTICES))
+        emask = _member(raw, MEMBER_EMASK, decode_mask)
+        vertices = _member(raw, MEMBER_VERTICES, decode_vertices)
         _check_vertex_ids(vertices, emask, num_vertices)
-        known = _ALL_KNOWN if emask.any() else decode_mask(raw.get(MEMBER_MASK))
+        if emask.any():
+            known = _ALL_KNOWN
+            _member(raw, MEMBER_MASK, _png_check(MEMBER_MASK))
+        else:
+            known = _member(raw, MEMBER_MASK, decode_mask)
+        for name in (MEMBER_IMAGE, MEMBER_MASKRCNN):
+            _member(raw, name, _png_check(name))
         sample.box, sample.box_source = person_box(emask, known)
         sample.emask, sample.vertices = emask, vertices
     except (KeyError, ValueError, OSError) as exc:  # missing / undecodable / wrong shape
@@ -101,6 +163,19 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
     if not np.isfinite(np.asarray(keypoints, dtype=np.float64)).all():
         sample.fail(STATUS_BAD_KEYPOINTS, "original keypoints contain NaN or inf")
     return sample
+
+
+def _member(raw: RawSample, name: str, decode: Callable[[bytes], T]) -> T:
+    """`decode(bytes of member name)`, its ValueError naming the member as stored."""
+    data = raw.get(name)
+    try:
+        return decode(data)
+    except ValueError as exc:
+        raise ValueError(f"{raw.find(name)}: {exc}") from exc
+
+
+def _png_check(name: str) -> Callable[[bytes], None]:
+    return lambda data: check_png(data, (IMAGE_H, IMAGE_W), _NOT_DECODED_PNGS[name])
 
 
 def _check_vertex_ids(vertices: np.ndarray, emask: np.ndarray, num_vertices: int) -> None:

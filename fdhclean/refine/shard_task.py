@@ -10,34 +10,33 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fdhclean.decode import UnitsDecision
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
-    MEMBER_KEYPOINTS,
-    MEMBER_KEYPOINTS_ESTIMATED,
-    MEMBER_KEYPOINTS_ORIGINAL,
+    UNITS_NORMALIZED,
+    UNITS_PIXELS,
 )
-from fdhclean.manifest import sha256_file
+from fdhclean.refine.estimates import Estimates
+from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, StoredOriginals
-from fdhclean.refine.report import empty_row, flat_keypoints, write_report
+from fdhclean.refine.report import write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
+from fdhclean.refine.write import write_sample
 from fdhclean.shards import (
+    RawSample,
+    ShardReader,
     ShardWriter,
     atomic_write_bytes,
-    copy_sample_members,
-    encode_npy,
-    read_shard,
-    to_normalized,
 )
-from fdhclean.vote import Scores, chosen_keypoints, decide, score_keypoints
+from fdhclean.vote import Scores, decide, keypoint_pixels, score_lookups
 
 CHUNK = 256  # samples scored together: bounds the stacked (N,288,160) maps to ~60 MB
 
@@ -72,7 +71,13 @@ class ShardResult:
     output_bytes: int = 0
     output_sha256: str = ""
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     fingerprint: str = ""
+    # why the units are in doubt ("" when every sample with a visible keypoint agreed)
+    units_ambiguous: str = ""
+    # key -> status of every sample whose status is an error (the manifest lists them, so
+    # training can skip them without reading the report)
+    error_samples: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardResult:
@@ -93,28 +98,37 @@ def process_shard(
     shard_path: Path,
     split_out: Path,
     ctx: VoteContext,
-    estimates: Mapping[str, np.ndarray],
+    estimates: Estimates | Mapping[str, np.ndarray],
 ) -> ShardResult:
     """Clean one shard. `estimates`: key -> (17,3) pixel coordinates + score (missing = none).
 
     Raises `ShardReadError` when the shard cannot be read; per-sample problems become status
     codes in the report instead.
     """
-    start = time.perf_counter()
-    remove_stale_temporaries(split_out, shard_path.name)
-    # hashlib releases the GIL: the input and output hashes run beside the decoding and the
-    # report instead of re-reading both files at the end.
-    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-    try:
-        input_hash = hasher.submit(sha256_file, shard_path)
-        result = _process(shard_path, split_out, ctx, estimates, hasher, input_hash)
-    finally:
-        hasher.shutdown(wait=True)
-    result.seconds = round(time.perf_counter() - start, 3)
-    result.fingerprint = ctx.fingerprint
-    marker_path = output_paths(split_out, shard_path.name)[2]
-    atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
+    with shard_lock(split_out, shard_path.name):  # ShardInUseError: another process has it
+        done = _completed_meanwhile(shard_path, split_out, ctx)
+        if done is not None:
+            return done
+        start, cpu = time.perf_counter(), time.process_time()
+        remove_stale_temporaries(split_out, shard_path.name)  # ours alone: we hold the lock
+        result = _process(shard_path, split_out, ctx, estimates)
+        result.seconds = round(time.perf_counter() - start, 3)
+        result.cpu_seconds = round(time.process_time() - cpu, 3)  # this process, all threads
+        result.fingerprint = ctx.fingerprint
+        marker_path = output_paths(split_out, shard_path.name)[2]
+        atomic_write_bytes(marker_path, (json.dumps(asdict(result), indent=1) + "\n").encode())
     return result
+
+
+def _completed_meanwhile(shard_path: Path, split_out: Path, ctx: VoteContext):
+    """The shard's result when another process completed it since this run listed its
+    work (it held the lock then); None when it still has to be cleaned."""
+    from fdhclean.refine.finalize import completed_results  # (finalize imports this module)
+
+    done = completed_results(
+        split_out, [shard_path.name], ctx.fingerprint, shard_path.parent, verify_inputs=True
+    )
+    return done.get(shard_path.name)
 
 
 def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
@@ -129,35 +143,72 @@ def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
     return stale
 
 
-def _process(shard_path, split_out, ctx, estimates, hasher, input_hash) -> ShardResult:
-    raw_samples = read_shard(shard_path)
-    samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in raw_samples]
-    units = ctx.originals.prepare(shard_path, samples)
-    attach_estimates(samples, estimates)
-    updated, tie, orig, new = vote_samples(samples, ctx)
+def _process(shard_path: Path, split_out: Path, ctx: VoteContext, estimates) -> ShardResult:
+    """Stream the shard in blocks of CHUNK samples: read, decode, vote, write, report row.
 
+    Memory holds one block of samples plus the report rows, whatever the shard's size. The
+    units are decided before (`originals.open`: a keypoints-only pass, or the parent report);
+    input and output are hashed while their bytes pass (no re-read of either file).
+    """
+    originals = ctx.originals.open(shard_path)
+    units = originals.units.units
     tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
     for path in (tar_path, report_path, marker_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    rows = write_cleaned_shard(tar_path, samples, updated, ctx.new_min_score, units)
-    output_hash = hasher.submit(sha256_file, tar_path)
-    fill_report_rows(rows, samples, updated, tie, orig, new, units)
+    reader = ShardReader(shard_path)
+    rows: list[dict[str, Any]] = []
+    with ShardWriter(tar_path) as writer:
+        for block in _blocks(reader, CHUNK):
+            samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in block]
+            originals.apply(samples)
+            attach_estimates(samples, estimates)
+            vote_samples(samples, ctx)
+            for s in samples:
+                write_sample(writer, s, ctx.new_min_score, units)
+                rows.append(s.report_row(units))
+    originals.finish(len(rows))
     write_report(report_path, rows)
-    result = summarise(shard_path, tar_path, samples, updated, tie, units)
-    result.input_sha256, result.output_sha256 = input_hash.result(), output_hash.result()
+    result = summarise(shard_path, rows, units)
+    result.units_ambiguous = units_warning(originals.units)
+    result.input_bytes, result.input_sha256 = reader.bytes_read, reader.sha256
+    result.output_bytes, result.output_sha256 = writer.bytes, writer.sha256
     return result
 
 
-def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarray]) -> None:
-    """Attach normalised float64 estimates (pixels / (W, H); a revote's estimates come
-    normalised already, `estimates.normalized`, so the report's values are replayed exactly)."""
-    scale = 1.0 if getattr(estimates, "normalized", False) else np.array([IMAGE_W, IMAGE_H, 1.0])
+def _blocks(samples: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
+    block: list[RawSample] = []
+    for raw in samples:
+        block.append(raw)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def units_warning(decision: UnitsDecision) -> str:
+    if not decision.dissent:
+        return ""
+    voters = decision.pixel_votes + decision.normalized_votes
+    other = UNITS_NORMALIZED if decision.units == UNITS_PIXELS else UNITS_PIXELS
+    return (
+        f"{decision.dissent} of {voters} samples with visible keypoints look like {other} "
+        f"(|x| or |y| > 1.5 decides pixels); the shard was read as {decision.units}"
+    )
+
+
+def attach_estimates(samples: Sequence[Sample], estimates: Estimates | Mapping) -> None:
+    """Attach normalised float64 estimates (pixels / (W, H); a revote's come normalised
+    already, so the report's values are replayed exactly). A plain mapping is pixels."""
+    if not isinstance(estimates, Estimates):
+        estimates = Estimates(estimates)
+    scale = 1.0 if estimates.normalized else np.array([IMAGE_W, IMAGE_H, 1.0])
     for s in samples:
         if s.status != STATUS_OK:
             continue
         est = estimates.get(s.key)
         if est is None:
-            s.fail(STATUS_NO_ESTIMATE, "no prediction for this key")
+            s.fail(STATUS_NO_ESTIMATE, estimates.missing_reason(s.key))
             continue
         est = np.asarray(est, dtype=np.float64).reshape(17, 3)
         if not np.isfinite(est).all():
@@ -166,113 +217,43 @@ def attach_estimates(samples: Sequence[Sample], estimates: Mapping[str, np.ndarr
         s.estimate_norm = est / scale
 
 
-def vote_samples(samples: Sequence[Sample], ctx: VoteContext):
-    """Score both annotations of every `ok` sample in chunks; returns per-sample arrays.
+def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
+    """Score both annotations of every `ok` sample at once and record the decision on it.
 
-    Arrays are aligned with `samples`; entries of samples that were not voted are meaningless.
+    The rule reads E_mask and the vertex map only at the keypoints' pixels (refine-spec
+    section 3), so those 2 x 17 values are looked up per sample instead of stacking whole
+    (N, 288, 160) maps; the arithmetic is `score_keypoints`' own (`vote.keypoint_pixels`,
+    `vote.score_lookups`), so the scores are identical.
     """
-    n = len(samples)
-    updated = np.zeros(n, dtype=bool)
-    tie = np.zeros(n, dtype=bool)
-    orig: dict[int, dict[str, Any]] = {}
-    new: dict[int, dict[str, Any]] = {}
-    ok = [i for i, s in enumerate(samples) if s.status == STATUS_OK]
-    for lo in range(0, len(ok), CHUNK):
-        idx = ok[lo : lo + CHUNK]
-        emask = np.stack([samples[i].emask for i in idx])
-        vertices = np.stack([samples[i].vertices for i in idx])
-        o = _score(
-            ctx, np.stack([samples[i].orig_norm for i in idx]), ctx.orig_min_score, emask, vertices
-        )
-        w = _score(
-            ctx,
-            np.stack([samples[i].estimate_norm for i in idx]),
-            ctx.new_min_score,
-            emask,
-            vertices,
-        )
-        up, ti = decide(o, w, ctx.tie_policy)
-        updated[idx], tie[idx] = up, ti
-        for j, i in enumerate(idx):
-            orig[i], new[i] = o.row(j), w.row(j)
-            samples[i].emask = samples[i].vertices = None  # done with the maps
-    return updated, tie, orig, new
+    ok = [s for s in samples if s.status == STATUS_OK]
+    if not ok:
+        return
+    orig = _score(ctx, ok, np.stack([s.orig_norm for s in ok]), ctx.orig_min_score)
+    new = _score(ctx, ok, np.stack([s.estimate_norm for s in ok]), ctx.new_min_score)
+    updated, tie = decide(orig, new, ctx.tie_policy)
+    for j, s in enumerate(ok):
+        s.updated, s.tie = bool(updated[j]), bool(tie[j])
+        s.orig_scores, s.new_scores = orig.row(j), new.row(j)
+        s.emask = s.vertices = None  # done with the maps
 
 
-def _score(ctx: VoteContext, kp, min_score, emask, vertices) -> Scores:
-    return score_keypoints(kp, min_score, emask, vertices, ctx.vertex_parts, ctx.accepted)
+def _score(ctx: VoteContext, ok: Sequence[Sample], kp: np.ndarray, min_score: float) -> Scores:
+    considered, px, py = keypoint_pixels(kp, min_score, IMAGE_H, IMAGE_W)
+    emask_at = np.stack([s.emask[y, x] for s, y, x in zip(ok, py, px, strict=True)])
+    vertex_at = np.stack([s.vertices[y, x] for s, y, x in zip(ok, py, px, strict=True)])
+    return score_lookups(considered, emask_at, vertex_at, ctx.vertex_parts, ctx.accepted)
 
 
-def write_cleaned_shard(
-    tar_path: Path,
-    samples: Sequence[Sample],
-    updated: np.ndarray,
-    new_min_score: float,
-    units: str,
-) -> list[dict[str, Any]]:
-    """Write the cleaned shard (same samples, same order); returns the report rows begun."""
-    rows = []
-    with ShardWriter(tar_path) as writer:
-        for i, s in enumerate(samples):
-            replace: dict[str, bytes] = {}
-            add: dict[str, bytes] = {}
-            if s.status == STATUS_OK:
-                if updated[i]:
-                    kp = chosen_keypoints(s.keypoints, s.estimate_norm, True, new_min_score, units)
-                    replace[MEMBER_KEYPOINTS] = encode_npy(kp)
-                elif s.restore_keypoints is not None:  # a revote keeps a replaced original
-                    replace[MEMBER_KEYPOINTS] = s.restore_keypoints
-                extra = {
-                    MEMBER_KEYPOINTS_ORIGINAL: encode_npy(s.orig_norm.astype(np.float32)),
-                    MEMBER_KEYPOINTS_ESTIMATED: encode_npy(s.estimate_norm.astype(np.float32)),
-                }
-                for name, data in extra.items():  # re-cleaning a cleaned set replaces them
-                    (replace if s.raw.find(name) else add)[name] = data
-            writer.write(s.key, copy_sample_members(s.raw, replace=replace, add=add))
-            rows.append(empty_row())
-    return rows
-
-
-def fill_report_rows(rows, samples, updated, tie, orig, new, units) -> None:
-    for i, (row, s) in enumerate(zip(rows, samples, strict=True)):
-        row.update(
-            key=s.key,
-            shard=s.raw.shard,
-            index=s.raw.index,
-            status=s.status,
-            error=s.error,
-            updated=bool(updated[i]) if s.status == STATUS_OK else False,
-            tie=bool(tie[i]) if s.status == STATUS_OK else False,
-            orig_keypoints=flat_keypoints(_normalised_original(s, units)),
-            new_keypoints=flat_keypoints(s.estimate_norm),
-            box=list(s.box) if s.box else None,
-            box_source=s.box_source,
-            keypoint_units=units,
-        )
-        for side, scores in (("orig", orig.get(i)), ("new", new.get(i))):
-            if scores is not None:
-                for name, value in scores.items():
-                    row[f"{side}_{name}"] = value
-
-
-def _normalised_original(s: Sample, units: str) -> np.ndarray | None:
-    if s.orig_norm is not None:
-        return s.orig_norm
-    if s.keypoints is None:
-        return None
-    return to_normalized(np.asarray(s.keypoints, dtype=np.float64).reshape(17, 3), units)
-
-
-def summarise(shard_path, tar_path, samples, updated, tie, units) -> ShardResult:
-    ok = np.array([s.status == STATUS_OK for s in samples], dtype=bool)
+def summarise(shard_path: Path, rows: Sequence[dict[str, Any]], units: str) -> ShardResult:
+    """The shard's totals, from its report rows (the samples are gone by now)."""
+    errors = {row["key"]: row["status"] for row in rows if row["status"] != STATUS_OK}
     return ShardResult(
         shard=shard_path.name,
-        samples=len(samples),
-        updated=int((updated & ok).sum()),
-        ties=int((tie & ok).sum()),
-        errors=dict(sorted(Counter(s.status for s in samples if s.status != STATUS_OK).items())),
-        box_sources=dict(sorted(Counter(s.box_source for s in samples if s.box_source).items())),
+        samples=len(rows),
+        updated=sum(bool(row["updated"]) for row in rows),
+        ties=sum(bool(row["tie"]) for row in rows),
+        errors=dict(sorted(Counter(errors.values()).items())),
+        box_sources=dict(sorted(Counter(r["box_source"] for r in rows if r["box_source"]).items())),
         keypoint_units=units,
-        input_bytes=shard_path.stat().st_size,
-        output_bytes=tar_path.stat().st_size,
+        error_samples=errors,
     )
