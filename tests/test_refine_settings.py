@@ -117,8 +117,8 @@ def test_estimator_options_reach_the_backend(synth_root, tiny_vitpose, tmp_path,
     assert "is not KEY=VALUE" in capsys.readouterr().err
     assert main([*base, str(out), *rest, "--estimator", "no-such-model", "--dry-run"]) == 2
     assert "vitpose-hf" in capsys.readouterr().err  # the registry's names are listed
-    assert main([*base, str(out), *rest, "--estimator-option", "blur=transformers"]) == 0
+    assert main([*base, str(out), *rest, "--estimator-option", "decoding=transformers"]) == 0
     record = json.loads((out / "val" / "run.json").read_text())
-    assert record["settings"]["estimator_options"] == ["blur=transformers"]
-    assert record["provenance"]["estimator"]["options"] == {"blur": "transformers"}
-    assert record["provenance"]["estimator"]["decoding_blur"] == "transformers"
+    assert record["settings"]["estimator_options"] == ["decoding=transformers"]
+    assert record["provenance"]["estimator"]["options"] == {"decoding": "transformers"}
+    assert record["provenance"]["estimator"]["decoding"] == "transformers"
