@@ -6,8 +6,8 @@ file whose output and completion marker (`OUT/.done/<rel>.json`, holding its rep
 the settings fingerprint) exist is skipped, so rerunning the same command resumes; outputs are
 written atomically. A file that fails (unreadable, detections of the wrong size, ...) gets a
 `failed` row with the message, no output, and the run goes on with exit status 1.
-Reports: `OUT/report/persons-{rank}.parquet` (a row per person per frame) and
-`OUT/report/files-{rank}.parquet` (a row per file), rebuilt from the markers; `OUT/summary.json`
+Reports: `OUT/report/persons/persons-{rank}.parquet` (a row per person per frame) and
+`OUT/report/files/files-{rank}.parquet` (a row per file), rebuilt from the markers; `OUT/summary.json`
 (or `summary-{rank}.json` under several ranks) and `OUT/run.json`.
 """
 
@@ -151,7 +151,7 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     files = pd.DataFrame([d["file"] for d in docs])
     persons = persons_table([r for d in docs for r in d["persons"]])
     for name, table in (("files", files), ("persons", persons)):
-        with media.atomic_path(out / "report" / f"{name}-{rank}.parquet") as tmp:
+        with media.atomic_path(out / "report" / name / f"{name}-{rank}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
     n_frames = int(files["frames"].sum()) if len(files) else 0
     n_persons = len(persons)

@@ -11,7 +11,7 @@ DESCRIPTION = """\
 Replace every person in images, folders (mirrored into --out, resumed by rerunning) and videos
 with a synthetic person in the same pose, made by a TriA-GAN generator (a weights directory from
 `triagan train` or `triagan import-dp2`). Pixels outside the dilated person masks never change.
-Every person gets a report row (OUT/report/persons-RANK.parquet): anonymized, held (video
+Every person gets a report row (OUT/report/persons/persons-RANK.parquet): anonymized, held (video
 hold-over) or too-small (obscured by --small-person, never left untouched silently).
 
 Detections: --detections FILE.json (COCO results or annotations, file_name relative to the
@@ -178,5 +178,5 @@ def _run_files(args, anon) -> int:
     summary = write_reports(out, docs, args.rank, args.world_size, time.perf_counter() - t0)
     print(f"anonymised {len(mine) - skipped} file(s), {skipped} already done; files "
           f"{summary['files']}, persons {summary['persons']}\noutputs: {out}\n"
-          f"report: {out}/report")  # fmt: skip
+          f"report: {out}/report/persons, {out}/report/files")  # fmt: skip
     return 1 if summary["files"].get("failed") else 0
