@@ -140,12 +140,13 @@ def write_json(path: Path, doc) -> Path:
     return path
 
 
-def moving_clip(n_frames: int = 12, hw: tuple[int, int] = (180, 320), seed: int = 0,
-                velocities=((6, 0), (-6, 0), (0, 0))) -> list[Scene]:  # fmt: skip
-    """Figures moving at constant `velocities` (px/frame): the first two cross mid-clip."""
+def moving_clip(n_frames: int = 18, hw: tuple[int, int] = (180, 400), seed: int = 0,
+                velocities=((10, 0), (-10, 0), (0, 0)), starts=None) -> list[Scene]:  # fmt: skip
+    """Figures moving at constant `velocities` (px/frame) from `starts`: by default the first
+    two cross in the middle of the clip, the third stands at the right edge."""
     h, w = hw
     sprites = [make_sprite(seed * 10 + i) for i in range(len(velocities))]
-    starts = [(10, 20), (w - 70, 25), (w // 2 - 20, 5)]
+    starts = starts or [(40, 20), (w - 130, 25), (w - 50, 10)]
     bg = background(hw, seed)
     frames = []
     for f in range(n_frames):
