@@ -86,7 +86,9 @@ class Anonymizer:
     def from_files(cls, generator: str, *, detector: tuple[str, str] | Any = None,
                    pose: Any = "from-detections", pose_weights: str | None = None,
                    settings: AnonymizeSettings | None = None,
-                   detector_sha256: str | None = None) -> Anonymizer:  # fmt: skip
+                   detector_sha256: str | None = None,
+                   detector_min_size: int = 800,
+                   detector_max_persons: int = 100) -> Anonymizer:  # fmt: skip
         """Load the generator weights directory, the detector and the pose backend."""
         from triagan_model.anonymize.detectors import CocoDetections, MaskRCNNDetector
         from triagan_model.anonymize.identity import GeneratorSynthesiser, resolve_truncation
@@ -107,8 +109,10 @@ class Anonymizer:
             if kind == "coco":
                 detector = CocoDetections(path, s.score_threshold)
             elif kind == "torchvision-maskrcnn":
-                detector = MaskRCNNDetector(path, sha256=detector_sha256,
-                                            score_threshold=s.score_threshold, device=s.device)  # fmt: skip
+                detector = MaskRCNNDetector(path, sha256=detector_sha256, device=s.device,
+                                            score_threshold=s.score_threshold,
+                                            min_size=detector_min_size,
+                                            max_persons=detector_max_persons)  # fmt: skip
             else:
                 raise ConfigError(f"unknown detector {kind!r}; one of coco, torchvision-maskrcnn")
         if isinstance(pose, str):

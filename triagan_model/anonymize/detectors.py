@@ -125,7 +125,7 @@ class MaskRCNNDetector:
     name = "torchvision-maskrcnn"
 
     def __init__(self, weights: str | Path | None, *, sha256: str | None = None,
-                 score_threshold: float = 0.3, min_size: int = 800,
+                 score_threshold: float = 0.3, min_size: int = 800, max_persons: int = 100,
                  device: str = "cpu") -> None:  # fmt: skip
         import torch
         from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
@@ -140,7 +140,8 @@ class MaskRCNNDetector:
         expected = sha256 or _sha_from_name(self.weights.name)
         if expected and not self.sha.startswith(expected):
             raise ConfigError(f"{weights}: sha256 {self.sha} does not match {expected}")
-        model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, min_size=min_size)
+        model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, min_size=min_size,
+                                         box_detections_per_img=max_persons)  # fmt: skip
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--detections", help="COCO detections JSON (the coco detector)")
     g.add_argument("--detector-weights", help="Mask R-CNN v2 state dict (local file)")
     g.add_argument("--detector-sha256", help="expected sha256 (prefix) of --detector-weights")
+    g.add_argument("--detector-min-size", type=int, default=800,
+                   help="Mask R-CNN input short side (torchvision's min_size)")
+    g.add_argument("--detector-max-persons", type=int, default=100,
+                   help="Mask R-CNN detections per image (torchvision's box_detections_per_img)")
     g.add_argument("--score-threshold", type=float, default=0.3)
     g.add_argument("--pose", default="auto", help="from-detections | none | installed backend")
     g.add_argument("--pose-weights", help="the pose backend's checkpoint (local)")
@@ -117,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         detector = _detector(args)
         anon = Anonymizer.from_files(args.weights, detector=detector, pose=_pose_name(args, detector),
                                      pose_weights=args.pose_weights, settings=settings,
-                                     detector_sha256=args.detector_sha256)  # fmt: skip
+                                     detector_sha256=args.detector_sha256,
+                                     detector_min_size=args.detector_min_size,
+                                     detector_max_persons=args.detector_max_persons)  # fmt: skip
         return _run_files(args, anon)
     except (ConfigError, PoseError) as exn:
         return _fail(str(exn))
