@@ -20,8 +20,9 @@ torch.set_num_threads(1)
 def scenes_module():
     """pipelines/anon_scenes.py (glue that imports both packages)."""
     if "anon_scenes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("anon_scenes",
-                                                      ROOT / "pipelines" / "anon_scenes.py")  # fmt: skip
+        spec = importlib.util.spec_from_file_location(
+            "anon_scenes", ROOT / "pipelines" / "anon_scenes.py"
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules["anon_scenes"] = mod
         spec.loader.exec_module(mod)
@@ -45,7 +46,9 @@ def save_tiny_generator(out: Path, stage: str = "72x40", centres: int | None = 4
     save_generator(g, out, config_name="E-tiny", stage=stage)
     if centres:
         with torch.no_grad():
-            c = g.mapping(torch.randn(centres, cfg.z_dim, generator=torch.Generator().manual_seed(1)))
+            c = g.mapping(
+                torch.randn(centres, cfg.z_dim, generator=torch.Generator().manual_seed(1))
+            )
         save_centres(out / "w_centers.safetensors", c, source="test")
     return out
 

@@ -9,10 +9,15 @@ import torch
 from anonymize_helpers import ConstantG, pattern_g, save_tiny_generator
 from conftest import shared_vectors
 
-from triagan_model.anonymize.api import AnonymizeSettings, Anonymizer
+from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
 from triagan_model.anonymize.boxes import expand_box, mask_box
 from triagan_model.anonymize.compose import Person, compose, plan_persons
-from triagan_model.anonymize.crops import crop_keypoints, crop_masks, cut_pad_resize, dilation_radius
+from triagan_model.anonymize.crops import (
+    crop_keypoints,
+    crop_masks,
+    cut_pad_resize,
+    dilation_radius,
+)
 from triagan_model.anonymize.identity import ConfigError, latents, resolve_truncation
 
 
@@ -23,7 +28,9 @@ def vectors():
 
 def _scene(d, s):
     p = f"s{s:02d}_"
-    persons = [Person(m.astype(bool), k) for m, k in zip(d[p + "masks"], d[p + "keypoints"])]
+    persons = [
+        Person(m.astype(bool), k) for m, k in zip(d[p + "masks"], d[p + "keypoints"], strict=True)
+    ]
     return p, d[p + "image"], persons
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from anonymize_helpers import ConstantG, save_tiny_generator
 
-from triagan_model.anonymize.api import AnonymizeSettings, Anonymizer
+from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
 from triagan_model.anonymize.compose import Person
 from triagan_model.anonymize.identity import ConfigError
 from triagan_model.anonymize.pose import PoseError, available, build_pose
@@ -64,7 +64,7 @@ def test_maskrcnn_local_file_no_download(maskrcnn_file, tmp_path, monkeypatch, c
     assert run["settings"]["provenance"]["detector"]["sha256"] == sha256_file(maskrcnn_file)
 
 
-FAKE_MODULE = '''
+FAKE_MODULE = """
 import numpy as np
 
 CALLS = []
@@ -94,7 +94,7 @@ def build(checkpoint, *, checkpoint_sha256=None, device="auto", batch_size=32,
 
 def build_broken(checkpoint, **options):
     return object()
-'''
+"""
 
 
 @pytest.fixture

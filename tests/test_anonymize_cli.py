@@ -53,7 +53,7 @@ def test_folder_end_to_end_resume_and_ranks(scene_dir, weights, tmp_path, capsys
         assert im.format == "JPEG"
     persons = pd.read_parquet(out / "report" / "persons")
     files = pd.read_parquet(out / "report" / "files")
-    assert dict(zip(files.input, files.status)) == {"a.png": "ok", "sub/b.jpg": "ok",
+    assert dict(zip(files.input, files.status, strict=True)) == {"a.png": "ok", "sub/b.jpg": "ok",
                                                       "empty.png": "no-person"}  # fmt: skip
     a = persons[persons.input == "a.png"]
     assert len(a) == len(s1.masks)
@@ -128,7 +128,10 @@ def test_bad_inputs(scene_dir, weights, tmp_path, capsys):
                 tmp_path / "foreign.json") == 2  # fmt: skip
     assert "nope.png" in capsys.readouterr().err and not out2.exists()
     # configuration errors: exit 2 with the fix
-    for extra, needle in (([], "triagan clusters"), (["--weights", tmp_path / "nothing"], "not found")):
+    for extra, needle in (
+        ([], "triagan clusters"),
+        (["--weights", tmp_path / "nothing"], "not found"),
+    ):
         nocentres = save_tiny_generator(tmp_path / "nc", stage="18x10", centres=None)
         capsys.readouterr()
         argv = [inp / "a.png", "--out", tmp_path / "o3", "--weights", nocentres,

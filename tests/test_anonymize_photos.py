@@ -46,7 +46,7 @@ def faces(img: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 def _inside(face, outline) -> bool:
     cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
-    xs, ys = zip(*outline)
+    xs, ys = zip(*outline, strict=True)
     return min(xs) <= cx <= max(xs) and min(ys) <= cy <= max(ys)
 
 
@@ -122,8 +122,22 @@ def test_photos_modes_metadata_and_privacy(photo_dir, tmp_path):
     single = tmp_path / "dets1.json"
     single.write_text(json.dumps([d for d in json.loads((root / "dets.json").read_text())
                                   if d["file_name"] == "astronaut.jpg"]))  # fmt: skip
-    assert main(["anonymize", str(root / "in" / "astronaut.jpg"), "--out", str(out2),
-                 "--weights", str(w), "--detections", str(single), "--keep-metadata"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "anonymize",
+                str(root / "in" / "astronaut.jpg"),
+                "--out",
+                str(out2),
+                "--weights",
+                str(w),
+                "--detections",
+                str(single),
+                "--keep-metadata",
+            ]
+        )
+        == 0
+    )
     with Image.open(out2 / "astronaut.jpg") as im:
         exif = im.getexif()
         assert exif.get(0x010F) == "TestCam" and 0x8825 not in exif and 0x0112 not in exif

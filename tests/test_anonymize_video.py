@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from anonymize_helpers import ConstantG, save_tiny_generator, scenes_module
 
-from triagan_model.anonymize.api import AnonymizeSettings, Anonymizer
+from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
 from triagan_model.anonymize.boxes import mask_box
 from triagan_model.anonymize.compose import Person
 from triagan_model.anonymize.media import count_frames
@@ -26,8 +26,11 @@ def clip():
 
 
 def _dets(clip, drop):
-    return [[Person(m, k) for m, k, pid in zip(s.masks, s.keypoints, s.ids) if (f, pid) not in drop]
-            for f, s in enumerate(clip)]  # fmt: skip
+    out = []
+    for f, s in enumerate(clip):
+        rows = zip(s.masks, s.keypoints, s.ids, strict=True)
+        out.append([Person(m, k) for m, k, pid in rows if (f, pid) not in drop])
+    return out
 
 
 def test_tracks_crossing_holdover_and_return(clip):
@@ -37,8 +40,8 @@ def test_tracks_crossing_holdover_and_return(clip):
                                persons=_dets(clip, drop)))  # fmt: skip
     assert len(results) == len(clip)
     tracks: dict[int, set] = {0: set(), 1: set(), 2: set()}
-    for f, (res, sc) in enumerate(zip(results, clip)):
-        gt = {tuple(mask_box(m)): pid for m, pid in zip(sc.masks, sc.ids)}
+    for f, (res, sc) in enumerate(zip(results, clip, strict=True)):
+        gt = {tuple(mask_box(m)): pid for m, pid in zip(sc.masks, sc.ids, strict=True)}
         for row in res.persons:
             if row["status"] == "held":
                 continue  # checked below
@@ -86,7 +89,7 @@ def test_video_cli_frames_timestamps_audio(clip, tmp_path):
 
     with av.open(str(tmp_path / "o1" / "clip.mkv")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    for fr, sc in zip(frames, clip):
+    for fr, sc in zip(frames, clip, strict=True):
         far = ~binary_dilation(np.any(sc.masks, 0), structure=disk(8))
         np.testing.assert_array_equal(fr[far], sc.image[far])
         assert (fr != sc.image).any()

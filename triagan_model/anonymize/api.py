@@ -207,8 +207,14 @@ class Anonymizer:
                          "layer": None if small else q.layer})  # fmt: skip
         return rows
 
-    def frames(self, frames: Iterable[np.ndarray], *, key: str, fps: float,
-               persons: Iterable[list[Person]] | None = None) -> Iterator[AnonymizedImage]:  # fmt: skip
+    def frames(
+        self,
+        frames: Iterable[np.ndarray],
+        *,
+        key: str,
+        fps: float,
+        persons: Iterable[list[Person]] | None = None,
+    ) -> Iterator[AnonymizedImage]:
         """Anonymise a frame sequence with tracking: one identity per track, hold-over of a
         track missed for up to `hold_frames` frames."""
         from triagan_model.anonymize.track import Tracker

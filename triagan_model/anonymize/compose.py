@@ -134,8 +134,10 @@ def paste(image: np.ndarray, box, generated: torch.Tensor, known: np.ndarray) ->
 def _crop_batch(image: np.ndarray, plans: list[Planned], target_hw) -> dict:
     im = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     imgs = torch.stack([cut_pad_resize(im, q.box, target_hw) for q in plans]).float()
+
     def stack(name):  # noqa: E306
         return torch.stack([torch.from_numpy(getattr(q.masks, name)) for q in plans])[:, None]
+
     return {
         "img": imgs / 127.5 - 1.0,
         "mask": stack("mask").float(),

@@ -115,9 +115,7 @@ class CropMasks:
     person: np.ndarray
 
 
-def crop_masks(
-    segmentation: np.ndarray, box, target_hw: tuple[int, int] = TARGET_HW
-) -> CropMasks:
+def crop_masks(segmentation: np.ndarray, box, target_hw: tuple[int, int] = TARGET_HW) -> CropMasks:
     """The person's crop masks from its full-frame boolean mask and expanded box."""
     seg = torch.from_numpy(np.ascontiguousarray(segmentation, dtype=bool))[None]
     person = cut_pad_resize(seg, box, target_hw)[0].numpy()

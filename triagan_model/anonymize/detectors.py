@@ -70,8 +70,10 @@ class CocoDetections:
             rows = doc.get("annotations", [])
             for r in rows:
                 if r.get("image_id") not in names:
-                    raise ConfigError(f"{self.path}: annotation {r.get('id')} names image_id "
-                                      f"{r.get('image_id')} absent from its images list")  # fmt: skip
+                    raise ConfigError(
+                        f"{self.path}: annotation {r.get('id')} names image_id "
+                        f"{r.get('image_id')} absent from its images list"
+                    )
                 r = {**r, "file_name": names[r["image_id"]]}
                 self._add(r)
         elif isinstance(doc, list):
@@ -81,7 +83,9 @@ class CocoDetections:
                                       "relative to the input root")  # fmt: skip
                 self._add(r)
         else:
-            raise ConfigError(f"{self.path}: neither a COCO results list nor an annotations document")
+            raise ConfigError(
+                f"{self.path}: neither a COCO results list nor an annotations document"
+            )
         self.has_keypoints = any("keypoints" in r for v in self.entries.values() for r in v)
 
     def _add(self, r: dict) -> None:
@@ -146,7 +150,9 @@ class MaskRCNNDetector:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exn:  # a corrupt or foreign file is the user's to fix
-            raise ConfigError(f"{weights}: not a maskrcnn_resnet50_fpn_v2 state dict ({exn})") from exn
+            raise ConfigError(
+                f"{weights}: not a maskrcnn_resnet50_fpn_v2 state dict ({exn})"
+            ) from exn
         self.model = model.eval().to(device)
         self.device, self.score_threshold, self.min_size = device, score_threshold, min_size
 
@@ -168,7 +174,7 @@ class MaskRCNNDetector:
 
 
 def _sha_from_name(name: str) -> str | None:
-    """torchvision's file names end in the first 8 hex digits of the sha256 (`..._coco-73cbd019`)."""
+    """torchvision file names end in 8 hex digits of the sha256 (`..._coco-73cbd019`)."""
     stem = name.split(".")[0]
     tail = stem.rsplit("-", 1)[-1] if "-" in stem else ""
     return tail if len(tail) == 8 and all(c in "0123456789abcdef" for c in tail) else None

@@ -79,7 +79,8 @@ def resolve_truncation(
                 f"no w centres for multi-modal truncation at psi {psi}: without them every "
                 f"person would get the same w_avg. Make them with `triagan clusters --weights "
                 f"{g} --out C.safetensors` and pass --clusters C.safetensors, or set "
-                "--truncation > 0, or --multi-modal off to accept one identity for all")
+                "--truncation > 0, or --multi-modal off to accept one identity for all"
+            )
         warnings.warn(f"no w centres: truncating toward w_avg at psi {psi}", stacklevel=2)
         return TruncationPlan(psi, None, centre_rule)
     try:

@@ -76,7 +76,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             fmt, icc, exif = im.format or "PNG", im.info.get("icc_profile"), im.getexif()
             im = ImageOps.exif_transpose(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exn:
-        raise MediaError(f"{path}: not a readable image ({exn}); replace or remove the file") from exn
+        raise MediaError(
+            f"{path}: not a readable image ({exn}); replace or remove the file"
+        ) from exn
     mode, alpha = im.mode, None
     if mode in ("I;16", "I;16B", "I", "F", "CMYK", "P", "PA", "1", "YCbCr", "LAB", "HSV"):
         has_alpha = mode in ("PA",) or (mode == "P" and "transparency" in im.info)
@@ -139,7 +141,9 @@ def _open_video(path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exn:
-        raise MediaError(f"{path}: not a readable video ({exn}); replace or remove the file") from exn
+        raise MediaError(
+            f"{path}: not a readable video ({exn}); replace or remove the file"
+        ) from exn
     if not container.streams.video:
         container.close()
         raise MediaError(f"{path}: has no video stream")

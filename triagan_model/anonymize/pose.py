@@ -72,8 +72,10 @@ def build_pose(name: str, checkpoint: str | None = None, **options: Any) -> Pose
         return FromDetections()
     eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not eps:
-        raise PoseError(f"unknown pose backend {name!r}; installed: {', '.join(available())} "
-                        f"(backends register in the entry-point group {ENTRY_POINT_GROUP})")  # fmt: skip
+        raise PoseError(
+            f"unknown pose backend {name!r}; installed: {', '.join(available())} "
+            f"(backends register in the entry-point group {ENTRY_POINT_GROUP})"
+        )
     if checkpoint is None:
         raise PoseError(f"pose backend {name!r} needs --pose-weights (a local file or directory)")
     try:
@@ -82,6 +84,8 @@ def build_pose(name: str, checkpoint: str | None = None, **options: Any) -> Pose
         raise PoseError(f"pose backend {name!r} ({eps[0].value}) failed to import: {exn}") from exn
     backend = builder(checkpoint, **options)
     if not isinstance(backend, PoseEstimator):  # checked once, here, not probed per call
-        raise PoseError(f"pose backend {name!r} ({eps[0].value}) does not provide the "
-                        "PoseEstimator contract (name, weights_sha256, provenance, estimate_boxes)")
+        raise PoseError(
+            f"pose backend {name!r} ({eps[0].value}) does not provide the "
+            "PoseEstimator contract (name, weights_sha256, provenance, estimate_boxes)"
+        )
     return backend

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = ("input", "frame", "person", "track", "status", "fallback", "score", "mask_pixels",
-           "box", "expanded_box", "keypoints", "identity_key", "centre_index", "psi", "layer")  # fmt: skip
+COLUMNS = (
+    "input",
+    "frame",
+    "person",
+    "track",
+    "status",
+    "fallback",
+    "score",
+    "mask_pixels",
+    "box",
+    "expanded_box",
+    "keypoints",
+    "identity_key",
+    "centre_index",
+    "psi",
+    "layer",
+)
 STATUSES = ("anonymized", "held", "too-small")
 
 

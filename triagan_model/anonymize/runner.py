@@ -7,8 +7,8 @@ the settings fingerprint) exist is skipped, so rerunning the same command resume
 written atomically. A file that fails (unreadable, detections of the wrong size, ...) gets a
 `failed` row with the message, no output, and the run goes on with exit status 1.
 Reports: `OUT/report/persons/persons-{rank}.parquet` (a row per person per frame) and
-`OUT/report/files/files-{rank}.parquet` (a row per file), rebuilt from the markers; `OUT/summary.json`
-(or `summary-{rank}.json` under several ranks) and `OUT/run.json`.
+`OUT/report/files/files-{rank}.parquet` (a row per file), rebuilt from the markers;
+`OUT/summary.json` (or `summary-{rank}.json` under several ranks) and `OUT/run.json`.
 """
 
 from __future__ import annotations
@@ -51,21 +51,28 @@ def collect(inputs: list[str], out: Path) -> list[Item]:
             if out_r == p.resolve() or p.resolve() in out_r.parents:
                 raise ConfigError(f"--out {out} lies inside the input {p}: choose another folder")
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in media.IMAGE_SUFFIXES + media.VIDEO_SUFFIXES \
-                        and not any(part.startswith(".") for part in f.relative_to(p).parts):  # fmt: skip
+                if (
+                    f.is_file()
+                    and f.suffix.lower() in media.IMAGE_SUFFIXES + media.VIDEO_SUFFIXES
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                ):
                     items.append(Item(f, f.relative_to(p).as_posix()))
         else:
             items.append(Item(p, p.name))
     seen: dict[str, Path] = {}
     for it in items:
         if it.rel in seen:
-            raise ConfigError(f"{it.path} and {seen[it.rel]} would both be written to {out / it.rel}")
+            raise ConfigError(
+                f"{it.path} and {seen[it.rel]} would both be written to {out / it.rel}"
+            )
         seen[it.rel] = it.path
     return items
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def _marker(out: Path, rel: str) -> Path:
@@ -155,9 +162,13 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
             table.to_parquet(tmp, index=False)
     n_frames = int(files["frames"].sum()) if len(files) else 0
     n_persons = len(persons)
+
+    def counts(df) -> dict[str, int]:
+        return {k: int(v) for k, v in df["status"].value_counts().items()} if len(df) else {}
+
     summary = {
-        "files": {k: int(v) for k, v in files["status"].value_counts().items()} if len(files) else {},
-        "persons": {k: int(v) for k, v in persons["status"].value_counts().items()} if n_persons else {},
+        "files": counts(files),
+        "persons": counts(persons),
         "frames": n_frames, "seconds": round(elapsed, 3),
         "persons_per_s": round(n_persons / elapsed, 3) if elapsed > 0 else None,
         "frames_per_s": round(n_frames / elapsed, 3) if elapsed > 0 else None,

@@ -45,10 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--detections", help="COCO detections JSON (the coco detector)")
     g.add_argument("--detector-weights", help="Mask R-CNN v2 state dict (local file)")
     g.add_argument("--detector-sha256", help="expected sha256 (prefix) of --detector-weights")
-    g.add_argument("--detector-min-size", type=int, default=800,
-                   help="Mask R-CNN input short side (torchvision's min_size)")
-    g.add_argument("--detector-max-persons", type=int, default=100,
-                   help="Mask R-CNN detections per image (torchvision's box_detections_per_img)")
+    g.add_argument(
+        "--detector-min-size",
+        type=int,
+        default=800,
+        help="Mask R-CNN input short side (torchvision's min_size)",
+    )
+    g.add_argument(
+        "--detector-max-persons",
+        type=int,
+        default=100,
+        help="Mask R-CNN detections per image (torchvision's box_detections_per_img)",
+    )
     g.add_argument("--score-threshold", type=float, default=0.3)
     g.add_argument("--pose", default="auto", help="from-detections | none | installed backend")
     g.add_argument("--pose-weights", help="the pose backend's checkpoint (local)")
@@ -57,12 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--truncation", type=float, default=0.0, help="psi (default 0)")
     s.add_argument("--multi-modal", choices=("auto", "on", "off"), default="auto")
     s.add_argument("--clusters", help="w centres from `triagan clusters`")
-    s.add_argument("--centre-rule", choices=("nearest", "index"), default="nearest",
-                   help="nearest centre (paper) or hash(identity) %% K (DP2)")
+    s.add_argument(
+        "--centre-rule",
+        choices=("nearest", "index"),
+        default="nearest",
+        help="nearest centre (paper) or hash(identity) %% K (DP2)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-box-area", type=int, default=32 * 32)
-    s.add_argument("--small-person", choices=("blur", "pixelate", "maskout", "keep"),
-                   default="blur")
+    s.add_argument(
+        "--small-person", choices=("blur", "pixelate", "maskout", "keep"), default="blur"
+    )
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--device", default="auto")
@@ -101,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--rank {args.rank} is not in [0, --world-size {args.world_size})")
     import warnings
 
-    from triagan_model.anonymize.api import AnonymizeSettings, Anonymizer
+    from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
     from triagan_model.anonymize.identity import ConfigError
     from triagan_model.anonymize.pose import PoseError
 
@@ -119,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     warnings.simplefilter("default")
     try:
         detector = _detector(args)
-        anon = Anonymizer.from_files(args.weights, detector=detector, pose=_pose_name(args, detector),
+        pose = _pose_name(args, detector)
+        anon = Anonymizer.from_files(args.weights, detector=detector, pose=pose,
                                      pose_weights=args.pose_weights, settings=settings,
                                      detector_sha256=args.detector_sha256,
                                      detector_min_size=args.detector_min_size,
@@ -144,8 +158,8 @@ def _run_files(args, anon) -> int:
     from pathlib import Path
 
     from triagan_model.anonymize.identity import ConfigError
-    from triagan_model.anonymize.runner import collect, fingerprint, process_file, write_reports
     from triagan_model.anonymize.runner import _done as done_marker
+    from triagan_model.anonymize.runner import collect, fingerprint, process_file, write_reports
     from triagan_model.provenance import git_commit
 
     out = Path(args.out)
