@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import types
 import warnings
 
 import pytest
@@ -81,6 +84,7 @@ def test_import_dp2_round_trip(tmp_path, old):
     assert rc == 0
     g = load_generator(tmp_path / "o")
     assert g.cfg.resolution == (36, 20)
+    assert g.cfg.conditioning_mode == "reference"  # DP2's maps: the weights were trained so
     sd = g.state_dict()
     assert torch.equal(sd["mapping.layers.1.weight"], ref["style_net.fc1.weight"])
     assert torch.equal(
@@ -111,7 +115,7 @@ def test_import_dp2_shape_mismatch_is_a_message(tmp_path, capsys):
         warnings.simplefilter("ignore")
         rc = main(["import-dp2", str(tmp_path / "narrow.ckpt"), "--config", "E-tiny",
                    "--out", str(tmp_path / "o")])  # fmt: skip
-    assert rc == 1 and "shapes" in capsys.readouterr().err
+    assert rc == 2 and "shapes" in capsys.readouterr().err
 
 
 def test_import_dp2_rejects_mismatch(tmp_path, capsys):
@@ -121,13 +125,13 @@ def test_import_dp2_rejects_mismatch(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rc = main(["import-dp2", str(tmp_path / "bad.ckpt"), "--config", "E-tiny", "--out", "x"])
-    assert rc == 1 and "no mapping" in capsys.readouterr().err
+    assert rc == 2 and "no mapping" in capsys.readouterr().err
     ref = reference_state(32, [1, 1, 1], 1, (36, 20))  # 1 block per level: not Config E
     torch.save(ref, tmp_path / "a.ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rc = main(["import-dp2", str(tmp_path / "a.ckpt"), "--config", "E-tiny", "--out", "x"])
-    assert rc == 1 and "does not fit" in capsys.readouterr().err
+    assert rc == 2 and "does not fit" in capsys.readouterr().err
 
 
 def test_summary_prints_exact_counts(capsys):
@@ -137,3 +141,172 @@ def test_summary_prints_exact_counts(capsys):
     assert "generator 72x40: 110429207 parameters" in out
     assert "discriminator 288x160: 10543112 trainable parameters" in out
     assert get_config("E").stages[-1].name == "288x160"
+
+
+def _import(args: list[str]) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(["import-dp2", *args])
+
+
+def _easydict_module():
+    """A module named ``easydict`` with an ``EasyDict`` like the real one (a dict whose items are
+    also attributes), so the saved pickle names ``easydict.EasyDict`` as DP2's trainer writes it."""
+    mod = types.ModuleType("easydict")
+
+    class EasyDict(dict):
+        def __init__(self, d=None, **kwargs):
+            for k, v in {**(d or {}), **kwargs}.items():
+                setattr(self, k, v)
+
+        def __setattr__(self, name, value):
+            super().__setattr__(name, value)
+            super().__setitem__(name, value)
+
+        __setitem__ = __setattr__
+
+    EasyDict.__module__, EasyDict.__qualname__ = "easydict", "EasyDict"
+    mod.EasyDict = EasyDict
+    return mod
+
+
+def _optim_state(seed: int) -> dict:
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.002, betas=(0.0, 0.99))
+    net(torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))).sum().backward()
+    opt.step()
+    return opt.state_dict()
+
+
+@pytest.fixture
+def trainer_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint as dp2/gan_trainer.py's tops.checkpointer saves it, written while an
+    ``easydict`` module exists, then read where none is installed."""
+    monkeypatch.setitem(sys.modules, "easydict", _easydict_module())
+    ema = reference_state(32, [1, 1, 1], 2, (36, 20))
+    live = {k: v + 1 for k, v in ema.items()}  # the trained (non-EMA) G differs
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+              "growth_interval": 2000, "_growth_tracker": 17}  # fmt: skip
+    ckpt = {
+        "generator": live,
+        "discriminator": {"head.0.weight": torch.randn(8, 4)},
+        "EMA_generator": ema,
+        "D_optimizer": _optim_state(0),
+        "G_optimizer": _optim_state(1),
+        "train_state": sys.modules["easydict"].EasyDict(
+            next_log_step=1000, next_val_step=2000, total_time=1.5
+        ),
+        "scaler_D": dict(scaler),
+        "scaler_G": dict(scaler),
+        "global_step": 12345,
+        "w_centers": torch.randn(6, 512),
+    }
+    path = tmp_path / "4096.ckpt"
+    torch.save(ckpt, path)
+    monkeypatch.delitem(sys.modules, "easydict")
+    import importlib.util
+
+    assert importlib.util.find_spec("easydict") is None  # really read without the module
+    return path, ckpt
+
+
+def test_import_dp2_full_training_checkpoint(tmp_path, trainer_checkpoint, capsys):
+    path, ckpt = trainer_checkpoint
+    # torch's weights-only reader alone refuses it (the reason for the allow-listed one)
+    with pytest.raises(Exception, match="easydict"):
+        torch.load(path, weights_only=True)
+    assert _import([str(path), "--config", "E-tiny", "--out", str(tmp_path / "o")]) == 0
+    sd = load_generator(tmp_path / "o").state_dict()
+    ema = ckpt["EMA_generator"]
+    assert torch.equal(sd["mapping.layers.0.weight"], ema["style_net.fc0.weight"])  # EMA, not G
+    from triagan_model.sampling.truncation import load_centres
+
+    centres, _ = load_centres(tmp_path / "o" / "w_centers.safetensors")  # top-level w_centers
+    assert torch.equal(centres, ckpt["w_centers"])
+    from triagan_model.dp2_import import load_dp2_checkpoint
+
+    back = load_dp2_checkpoint(path)
+    assert back["train_state"] == {"next_log_step": 1000, "next_val_step": 2000, "total_time": 1.5}
+    assert back["scaler_G"] == ckpt["scaler_G"] and back["global_step"] == 12345
+    assert torch.equal(back["D_optimizer"]["state"][0]["exp_avg"],
+                       ckpt["D_optimizer"]["state"][0]["exp_avg"])  # fmt: skip
+    # --allow-pickle needs the real easydict: the message names it and does not suggest itself
+    rc = _import([str(path), "--config", "E-tiny", "--out", str(tmp_path / "p"), "--allow-pickle"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err and "'easydict'" in err and "Traceback" not in err
+    assert "rerun with --allow-pickle" not in err
+
+
+def test_import_dp2_ema_only_dict_with_top_level_centres(tmp_path):
+    ref = reference_state(32, [1, 1, 1], 2, (36, 20))
+    centres = torch.randn(4, 512)
+    torch.save({"EMA_generator": ref, "w_centers": centres}, tmp_path / "ema.ckpt")
+    assert (
+        _import([str(tmp_path / "ema.ckpt"), "--config", "E-tiny", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    from triagan_model.sampling.truncation import load_centres
+
+    assert torch.equal(load_centres(tmp_path / "o" / "w_centers.safetensors")[0], centres)
+    torch.save({"EMA_generator": ref, "w_centers": torch.randn(4, 7)}, tmp_path / "bad.ckpt")
+    assert (
+        _import([str(tmp_path / "bad.ckpt"), "--config", "E-tiny", "--out", str(tmp_path / "b")])
+        == 2
+    )
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a tampered checkpoint could do."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Opaque:
+    pass
+
+
+def test_import_dp2_failures_name_the_file_and_the_cause(tmp_path, capsys, monkeypatch):
+    out = ["--config", "E-tiny", "--out", str(tmp_path / "o")]
+    # code in the pickle: refused before anything runs
+    _Payload.marker = str(tmp_path / "ran")
+    torch.save({"EMA_generator": {}, "x": _Payload()}, tmp_path / "evil.ckpt")
+    assert _import([str(tmp_path / "evil.ckpt"), *out]) == 2
+    err = capsys.readouterr().err
+    assert not (tmp_path / "ran").exists() and "evil.ckpt" in err and "system" in err
+    # an importable class outside the list: --allow-pickle can help, so it is suggested
+    torch.save({"EMA_generator": {}, "x": _Opaque()}, tmp_path / "opaque.ckpt")
+    assert _import([str(tmp_path / "opaque.ckpt"), *out]) == 2
+    assert "_Opaque" in (err := capsys.readouterr().err) and "rerun with --allow-pickle" in err
+    # a class of a module that is not installed: it would not help, so it is not suggested
+    fake = types.ModuleType("dp2_private_mod")
+    _Opaque.__module__ = "dp2_private_mod"
+    fake._Opaque = _Opaque
+    monkeypatch.setitem(sys.modules, "dp2_private_mod", fake)
+    torch.save({"EMA_generator": {}, "x": _Opaque()}, tmp_path / "gone.ckpt")
+    _Opaque.__module__ = __name__
+    monkeypatch.delitem(sys.modules, "dp2_private_mod")
+    assert _import([str(tmp_path / "gone.ckpt"), *out]) == 2
+    err = capsys.readouterr().err
+    assert "dp2_private_mod" in err and "not installed" in err and "rerun with" not in err
+    # truncated / foreign bytes, a missing file, a non-dict
+    ref = reference_state(32, [1, 1, 1], 2, (36, 20))
+    torch.save({"EMA_generator": ref}, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    cases = {"cut.ckpt": "not a readable", "text.ckpt": "not a readable",
+             "missing.ckpt": "no such file", "list.ckpt": "not a checkpoint dict"}  # fmt: skip
+    for name, cause in cases.items():
+        assert _import([str(tmp_path / name), *out]) == 2, name
+        err = capsys.readouterr().err
+        assert name in err and cause in err and "Traceback" not in err, err
+        assert "rerun with --allow-pickle" not in err
+    assert not (tmp_path / "o").exists()  # nothing written on failure
+    (tmp_path / "file").write_text("")  # --out under a regular file: cannot be created
+    rc = _import([str(tmp_path / "whole.ckpt"), "--config", "E-tiny", "--out",
+                  str(tmp_path / "file" / "o")])  # fmt: skip
+    assert rc == 1 and "cannot write" in capsys.readouterr().err

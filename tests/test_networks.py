@@ -79,7 +79,7 @@ def test_keypoint_maps_pixel_rule():
     h, w = 36, 20
     kp = torch.tensor([[[0.5, 0.5, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 2.0], [0.26, 0.74, 1.0]]])
     kp = torch.cat([kp, torch.zeros(1, 13, 3)], 1)  # the rest invisible
-    maps = keypoint_maps(kp, (h, w))
+    maps = keypoint_maps(kp, (h, w), mode="flip-exact")
     assert maps.sum() == 4
     assert maps[0, 0, 18, 10] == 1  # floor(0.5*36), floor(0.5*20)
     assert maps[0, 1, 0, 0] == 1
@@ -89,7 +89,7 @@ def test_keypoint_maps_pixel_rule():
     kp2 = kp.clone()
     kp2[0, 0, 2] = 0
     kp2[0, 1, 0] = 1.2
-    assert keypoint_maps(kp2, (h, w)).sum() == 2
+    assert keypoint_maps(kp2, (h, w), mode="flip-exact").sum() == 2
 
 
 def test_limb_maps_draw_lines_between_keypoints():
@@ -97,7 +97,7 @@ def test_limb_maps_draw_lines_between_keypoints():
     kp = torch.zeros(1, 17, 3)
     kp[0, 7] = torch.tensor([0.1, 0.1, 1])  # left elbow
     kp[0, 9] = torch.tensor([0.1, 0.5, 1])  # left wrist: a vertical line x = 4, y 7..36
-    maps = limb_maps(kp, (h, w))
+    maps = limb_maps(kp, (h, w), mode="flip-exact")
     assert maps[0, 1].sum() == 36 - 7 + 1
     assert torch.all(maps[0, 1, 7:37, 4] == 1)
     assert maps[0, [0, 2, 3, 4, 5]].sum() == 0  # only the left-arm map
@@ -105,7 +105,7 @@ def test_limb_maps_draw_lines_between_keypoints():
     kp = torch.zeros(1, 17, 3)
     for i, (x, y) in {5: (0.3, 0.2), 6: (0.7, 0.2), 11: (0.4, 0.6), 12: (0.6, 0.6)}.items():
         kp[0, i] = torch.tensor([x, y, 1.0])
-    body = limb_maps(kp, (h, w))[0, 3]
+    body = limb_maps(kp, (h, w), mode="flip-exact")[0, 3]
     assert torch.all(body[14:44, 20] == 1)  # neck (20, 14) -> mid-hip (20, 43)
     assert body[14, 12] == 1 and body[14, 28] == 1  # shoulder line end points
 
@@ -113,9 +113,9 @@ def test_limb_maps_draw_lines_between_keypoints():
 def test_condition_flip_equivariance_is_exact():
     hw = (72, 40)
     image, mask, person, kp = random_batch(6, hw, seed=3)
-    cond = build_condition(image, mask, person, kp, hw)
+    cond = build_condition(image, mask, person, kp, hw, mode="flip-exact")
     flipped = build_condition(
-        image.flip(-1), mask.flip(-1), person.flip(-1), flip_keypoints(kp), hw
+        image.flip(-1), mask.flip(-1), person.flip(-1), flip_keypoints(kp), hw, mode="flip-exact"
     )
     perm = list(range(7)) + [7 + i for i in COCO_FLIP_PERMUTATION]
     perm += [24 + i for i in LIMB_FLIP_PERMUTATION]

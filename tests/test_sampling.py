@@ -23,6 +23,8 @@ from triagan_model.sampling.generate import (
     sample_z,
 )
 from triagan_model.sampling.truncation import (
+    centre_indices,
+    check_psi,
     kmeans,
     load_centres,
     nearest_centre,
@@ -49,6 +51,32 @@ def test_nearest_centre_rule():
     assert torch.equal(truncate_to_centres(w, centres, 0.0), centres[idx])
     assert torch.allclose(truncate_to_centres(w, centres, 1.0), w)
     assert torch.allclose(truncate_to_centres(w, centres, 0.5), (w + centres[idx]) / 2)
+
+
+def test_index_centre_rule_is_dp2s_z_idx_mod_k():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    w = torch.tensor([[1.0, 1.0], [9.0, -1.0], [2.0, 7.0], [6.0, 0.0]])
+    z_idx = [7, 3, 2**32 - 2, 5]  # DP2 draws z_idx in [0, 2**32 - 1)
+    idx = centre_indices(w, centres, "index", z_idx)
+    assert idx.tolist() == [7 % 3, 0, (2**32 - 2) % 3, 2]  # independent of w
+    assert centre_indices(w, centres, "nearest").tolist() == [0, 1, 2, 1]
+    out = truncate_to_centres(w, centres, 0.25, centre_rule="index", z_indices=z_idx)
+    assert torch.allclose(out, centres[idx] + 0.25 * (w - centres[idx]))
+    with pytest.raises(ValueError, match="needs the latents' integer indices"):
+        truncate_to_centres(w, centres, 0.5, centre_rule="index")
+    with pytest.raises(ValueError, match="unknown centre rule 'random'"):
+        centre_indices(w, centres, "random")
+
+
+@pytest.mark.parametrize("psi", [-0.1, 1.5, float("nan")])
+def test_psi_outside_0_1_is_refused(psi):
+    """DeepPrivacy2 clamps psi to [0, 1]; here it is refused, naming the value DP2 would use."""
+    w, c = torch.zeros(1, 2), torch.ones(1, 2)
+    for call in (lambda: truncate(w, c[0], psi), lambda: truncate_to_centres(w, c, psi),
+                 lambda: Truncation(psi), lambda: check_psi(psi)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"outside \[0, 1\].*clamps"):
+            call()
+    assert check_psi(0.0) == 0.0 and check_psi(1) == 1.0
 
 
 def test_kmeans_recovers_planted_clusters():
@@ -178,3 +206,37 @@ def test_generate_single_input(weights, tmp_path):
     # is known only if all its pixels are, so rows 6..12 and columns 2..7 are unknown
     assert entry["box"] == [2, 6, 8, 13]
     assert region_box(np.ones((4, 3))) == [0, 0, 3, 4]
+
+
+def test_generate_centre_rule_index(weights, manifest, tmp_path, capsys):
+    """--centre-rule index: sample i is truncated toward centre i % K, as DP2's anonymiser."""
+    G = load_generator(weights)
+    centres = torch.randn(2, 512, generator=torch.Generator().manual_seed(3)) + G.mapping.w_avg
+    save_centres(tmp_path / "c.safetensors", centres)
+    batch = next(manifest_batches(manifest, (18, 10), 4, 4))
+    z = sample_z([0, 1, 2, 3], 64, 0)
+    got = generate_batch(G, batch, z, Truncation(0.0, centres, "index"), [0, 1, 2, 3])
+    from triagan_model.networks.conditioning import build_condition
+
+    cond = build_condition(batch["img"], batch["mask"], batch["maskrcnn_mask"],
+                           batch["keypoints"], (18, 10), mode=G.cfg.conditioning_mode)  # fmt: skip
+    with torch.no_grad():
+        want = G(cond, w=centres[[0, 1, 0, 1]], noise_mode="const")["img"]
+    assert torch.allclose(got, want, atol=1e-6)
+    base = ["generate", "--weights", str(weights), "--manifest", str(manifest), "--num", "4",
+            "--clusters", str(tmp_path / "c.safetensors"), "--truncation", "0"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "i"), "--centre-rule", "index"]) == 0
+    assert main([*base, "--out", str(tmp_path / "n")]) == 0
+    index = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert index["centre_rule"] == "index"
+    first = index["images"][0]["file"]
+    with Image.open(tmp_path / "i" / first) as a, Image.open(tmp_path / "n" / first) as b:
+        pix_i, pix_n = np.asarray(a), np.asarray(b)
+    nearest = centre_indices(G.mapping(z[:1]), centres, "nearest")
+    assert np.array_equal(pix_i, pix_n) == (int(nearest[0]) == 0)  # sample 0: centre 0 by index
+    capsys.readouterr()
+    assert main([*base[:-1], "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "outside [0, 1]" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    rc = main(["generate", "--weights", str(weights), "--manifest", str(manifest), "--out",
+               str(tmp_path / "y"), "--centre-rule", "index"])  # fmt: skip
+    assert rc == 2 and "needs --clusters" in capsys.readouterr().err

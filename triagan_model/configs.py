@@ -23,6 +23,10 @@ TINY_WARNING = (
     "model and its samples say nothing about TriA-GAN's quality"
 )
 
+# How keypoints become the generator's keypoint and limb maps (networks/conditioning.py):
+# "reference" = DeepPrivacy2's arithmetic, "flip-exact" = the previous version's floor rule.
+CONDITIONING_MODES: tuple[str, ...] = ("reference", "flip-exact")
+
 
 @dataclass(frozen=True)
 class GeneratorArch:
@@ -38,6 +42,15 @@ class GeneratorArch:
     mapping_lr_multiplier: float = 0.01
     w_avg_beta: float = 0.998
     cond_channels: int = 30  # see networks/conditioning.py
+    # DP2's maps by default, so weights trained here run in DP2's anonymiser and the other way
+    # round; part of generator.json (weights.py reads a file without it as "flip-exact").
+    conditioning_mode: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.conditioning_mode not in CONDITIONING_MODES:
+            raise ValueError(
+                f"unknown conditioning_mode {self.conditioning_mode!r}; one of {CONDITIONING_MODES}"
+            )
 
 
 @dataclass(frozen=True)

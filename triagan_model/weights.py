@@ -3,7 +3,8 @@
 A weights directory holds ``generator.safetensors`` (the state dict, buffers ``w_avg`` and
 ``noise_const`` included) and ``generator.json``::
 
-    {"format": "triagan-generator", "version": 1, "generator": {GeneratorConfig fields},
+    {"format": "triagan-generator", "version": 1, "generator": {GeneratorConfig fields,
+     "conditioning_mode" included (absent = written before it existed = "flip-exact")},
      "config_name": "E", "stage": "288x160", "weights_sha256": "<hex>", "source": "...", ...}
 
 ``load_matching`` is the progressive-training loader: it copies every tensor whose name and shape
@@ -71,6 +72,9 @@ def generator_config_from_dict(d: dict[str, Any]) -> GeneratorConfig:
     if unknown:
         raise ValueError(f"unknown generator config fields {unknown}")
     d = dict(d)
+    # A generator.json without the field was written by the previous version, whose only rule
+    # was today's "flip-exact": its weights were trained on those maps.
+    d.setdefault("conditioning_mode", "flip-exact")
     d["resolution"] = tuple(d["resolution"])
     d["dim_mults"] = tuple(d["dim_mults"])
     return GeneratorConfig(**d)

@@ -12,8 +12,12 @@ given as files, with a trained generator (a weights directory written by `triaga
 condition | generated) and OUT/index.json (image_id -> key, size, conditioning keypoints, box of
 the region to generate) for external pose estimators and `triagan evaluate --metrics oks`.
 
-Truncation: --truncation PSI pulls w toward w_avg (1 = none, 0 = the average); with --clusters
-FILE (from `triagan clusters`) each w is pulled toward its nearest k-means centre instead.
+Truncation: --truncation PSI in [0, 1] pulls w toward w_avg (1 = none, 0 = the average; a psi
+outside [0, 1], which DeepPrivacy2 clamps silently, is refused); with --clusters FILE (from
+`triagan clusters`, or the w_centers.safetensors `triagan import-dp2` writes) each w is pulled
+toward a k-means centre instead: --centre-rule nearest (default, the paper's) takes the centre
+nearest to w, index takes centre (i mod K) for sample i, as DeepPrivacy2's anonymiser
+(z_idx % K).
 
 examples:
   triagan generate --weights runs/E/288x160/weights --manifest val.json --out gen --num 64
@@ -36,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--truncation", type=float, default=1.0, help="psi (default 1: none)")
     p.add_argument("--clusters", help="k-means centres of w (multi-modal truncation)")
+    p.add_argument("--centre-rule", choices=("nearest", "index"), default="nearest",
+                   help="the centre nearest to w (default) or DP2's i %% K")  # fmt: skip
     p.add_argument("--num", type=int, default=None, help="at most N samples of the manifest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -48,6 +54,15 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.manifest) == any(single) or (any(single) and not all(single)):
         print("triagan generate: error: give --manifest, or all of --image/--mask/--keypoints",
               file=sys.stderr)  # fmt: skip
+        return 2
+    if not 0.0 <= args.truncation <= 1.0:
+        lo_hi = min(max(args.truncation, 0.0), 1.0)
+        print(f"triagan generate: error: --truncation {args.truncation} is outside [0, 1] "
+              f"(DeepPrivacy2 would clamp it to {lo_hi}; pass that if you meant it)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.centre_rule != "nearest" and not args.clusters:
+        print("triagan generate: error: --centre-rule needs --clusters FILE", file=sys.stderr)
         return 2
     import torch
 
@@ -73,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
                                                args.keypoint_units)])  # fmt: skip
         meta = {"weights": str(args.weights), "manifest": args.manifest,
                 "clusters": args.clusters}  # fmt: skip
-        index = write_outputs(batches, G, args.out, trunc=Truncation(args.truncation, centres),
-                              seed=args.seed, meta=meta)  # fmt: skip
+        trunc = Truncation(args.truncation, centres, args.centre_rule)
+        index = write_outputs(batches, G, args.out, trunc=trunc, seed=args.seed, meta=meta)
     except (FileNotFoundError, ValueError, KeyError) as exn:
         print(f"triagan generate: error: {exn}", file=sys.stderr)
         return 1

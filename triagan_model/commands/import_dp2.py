@@ -1,16 +1,21 @@
 """`triagan import-dp2 CKPT --config E --out DIR`: the authors' released TriA-GAN generator.
 
-Reads a DeepPrivacy2 checkpoint (the EMA generator), maps its names to this project's (table in
+Reads any checkpoint DeepPrivacy2 writes (the released EMA-only dict or a full training
+checkpoint; its EMA generator), maps its names to this project's (table in
 ``triagan_model/dp2_import.py``), picks the config stage whose level count matches, loads it into
 this project's generator with NO missing or unexpected keys, and writes
-``DIR/generator.safetensors`` + ``DIR/generator.json`` (plus ``DIR/w_centers.safetensors``
-when the checkpoint has the multi-modal truncation centres). The checkpoint is read with
-``torch.load(weights_only=True)``; ``--allow-pickle`` lifts that for trusted files.
+``DIR/generator.safetensors`` + ``DIR/generator.json`` (conditioning_mode "reference": DP2's
+maps), plus ``DIR/w_centers.safetensors`` when the checkpoint has the multi-modal truncation
+centres (top-level ``w_centers`` or ``style_net.w_centers`` in the generator state). No pickled
+code runs: tensors, plain containers and easydict.EasyDict are read by name;
+``--allow-pickle`` lifts that for trusted files that pickle other classes. Every failure names
+the file and the cause and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 
@@ -29,8 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, source: str = ""):
-    """Convert a reference generator state dict and write it; returns the output directory."""
+def import_checkpoint(
+    state: dict, cfg, out_dir: str, stage: str | None = None, source: str = "", w_centers=None
+):
+    """Convert a reference generator state dict and write it; returns the output directory.
+    ``w_centers``: the checkpoint's top-level centres; the state's own take precedence (the
+    order dp2/infer.py registers them in)."""
     from triagan_model.dp2_import import convert_state_dict
     from triagan_model.networks.generator import TriaGANGenerator
     from triagan_model.weights import save_generator
@@ -43,7 +52,9 @@ def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, 
         if not matches:
             raise ValueError(f"config {cfg.name} has no stage with {conv.n_levels} levels")
         stage = matches[0].name
-    g = TriaGANGenerator(cfg.generator_config(stage))
+    # DP2's weights were trained on DP2's maps, whatever the config file says
+    gcfg = dataclasses.replace(cfg.generator_config(stage), conditioning_mode="reference")
+    g = TriaGANGenerator(gcfg)
     ours = g.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
              for k, v in conv.state.items() if k in ours and v.shape != ours[k].shape]  # fmt: skip
@@ -60,34 +71,44 @@ def import_checkpoint(state: dict, cfg, out_dir: str, stage: str | None = None, 
     out = save_generator(
         g, out_dir, config_name=cfg.name, stage=stage, source=f"import-dp2 {source}".strip()
     )
-    if conv.w_centers is not None:  # the reference's multi-modal truncation centres
+    centres = conv.w_centers if conv.w_centers is not None else w_centers
+    if centres is not None:  # the reference's multi-modal truncation centres
         from triagan_model.sampling.truncation import save_centres
 
-        save_centres(out / "w_centers.safetensors", conv.w_centers, source=f"import-dp2 {source}")
+        if centres.ndim != 2 or centres.shape[1] != gcfg.w_dim:
+            raise ValueError(f"w_centers has shape {tuple(centres.shape)}, not (K, {gcfg.w_dim})")
+        save_centres(out / "w_centers.safetensors", centres, source=f"import-dp2 {source}")
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from triagan_model.configs import load_config
-    from triagan_model.dp2_import import extract_generator_state
+    from triagan_model.dp2_import import (
+        CheckpointError,
+        extract_generator_state,
+        load_dp2_checkpoint,
+        top_level_centres,
+    )
 
     try:
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=not args.allow_pickle)
-    except FileNotFoundError:
-        print(f"triagan import-dp2: {args.ckpt} not found", file=sys.stderr)
-        return 2
-    except Exception as e:  # re-raised as a message: torch's unpickling errors vary by version
-        print(f"triagan import-dp2: cannot read {args.ckpt} with weights_only: {e}",
-              file=sys.stderr)  # fmt: skip
-        print("  (if you trust the file, rerun with --allow-pickle)", file=sys.stderr)
+        cfg = load_config(args.config)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"triagan import-dp2: --config {args.config}: {e}", file=sys.stderr)
         return 2
     try:
+        ckpt = load_dp2_checkpoint(args.ckpt, allow_pickle=args.allow_pickle)
         state = extract_generator_state(ckpt)
-        out = import_checkpoint(state, load_config(args.config), args.out, args.stage, args.ckpt)
+        centres = top_level_centres(ckpt)
+        out = import_checkpoint(state, cfg, args.out, args.stage, args.ckpt, centres)
+    except CheckpointError as e:
+        print(f"triagan import-dp2: {e}", file=sys.stderr)
+        return 2
     except (KeyError, ValueError) as e:
-        print(f"triagan import-dp2: {args.ckpt}: {e}", file=sys.stderr)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"triagan import-dp2: {args.ckpt}: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output side: an unwritable or full --out
+        print(f"triagan import-dp2: cannot write {args.out}: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

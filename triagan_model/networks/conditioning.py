@@ -10,18 +10,32 @@ Channel layout (``CONDITION_CHANNELS``), as the reference's ``TriaGAN.get_input`
 24-29 6 one-hot limb maps: head, left arm, right arm, body, left leg, right leg
 ====  =====================================================================
 
-Pixel rule (the project's, see the spec): a point (x, y) in normalised units (x/W, y/H) lands on
-pixel ``(floor(x * W), floor(y * H))`` clamped to the image; the reference rounds instead. With
-floor, mirroring x -> 1 - x maps column c to W - 1 - c, so the maps of the horizontally flipped
-keypoints (with the left/right swap) equal the flipped maps exactly, which the limb rasteriser
-below keeps by rounding symmetrically (exact half-way points set both neighbouring pixels).
-A keypoint is visible when v > 0 and 0 <= x, y <= 1 (the reference loader's rule). The virtual
-neck (mid-shoulder), mid-hip and mid-eye exist when both parents are visible.
+Two conditioning modes (``CONDITIONING_MODES``), a field of the generator's config and of its
+``generator.json``, since a generator only works with the maps it was trained on:
+
+``reference`` (the default; DeepPrivacy2's arithmetic, so imported weights see what they were
+    trained on): keypoints decoded as DP2's FDH loader does (v = (v > 0) and 0 <= x, y <= 1,
+    float32); a keypoint's pixel is ``(round(x * W), round(y * H))`` (round half to even)
+    clamped to the image (``spatial_embed_keypoints``); limbs are ONE label map drawn with PIL's
+    ``ImageDraw.line(width=1)`` in DP2's connectivity order, later limbs overwriting earlier
+    ones, endpoints rounded and not clamped (PIL clips), then one-hot without class 0
+    (``InsertJointMap``, ``TriaGAN.get_input``). The neck (mid-shoulder) and mid-hip exist when
+    both parents are visible; when the nose is invisible and the neck exists the head line runs
+    from mid-eye to neck whether or not the eyes are visible, as in DP2.
+``flip-exact`` (the previous version's rule; weights whose ``generator.json`` has no mode were
+    trained with it): pixel ``(floor(x * W), floor(y * H))`` clamped; six independent limb maps
+    (a pixel may be in two) drawn by a symmetric rasteriser (exact half-way points set both
+    neighbouring pixels), mid-eye only when both eyes are visible. Mirroring x -> 1 - x maps
+    column c to W - 1 - c, so the maps of the flipped keypoints equal the flipped maps exactly.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
+from triagan_model.configs import CONDITIONING_MODES
 
 NUM_KEYPOINTS = 17
 # Copied from fdhclean/fdh.py (the packages never import each other): keypoint row permutation
@@ -50,6 +64,25 @@ LIMB_SEGMENTS: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 # Drawn only when the nose is NOT visible (the reference's fallback head line).
 FALLBACK_SEGMENT = (MID_EYE, NECK, 0)
+# ``reference`` mode: DP2's InsertJointMap drawing order (its connectivity dict in insertion
+# order), (from, to, limb). The order matters: later lines overwrite earlier ones, and the
+# nose-neck line is drawn in both directions (PIL's rasteriser is not direction-symmetric).
+DP2_DRAW_ORDER: tuple[tuple[int, int, int], ...] = (
+    (0, 1, 0), (0, 2, 0), (0, NECK, 0), (1, 2, 0), (1, 3, 0), (2, 4, 0),
+    (5, 6, 3), (5, 7, 1), (5, 11, 3), (6, 8, 2), (6, 12, 3), (7, 9, 1), (8, 10, 2),
+    (11, 12, 3), (11, 13, 4), (12, 14, 5), (13, 15, 4), (14, 16, 5),
+    (NECK, MID_HIP, 3), (NECK, 0, 0),
+)  # fmt: skip
+
+
+FAR_LIMIT = 16  # image sizes; see _dp2_points
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a conditioning mode, else a ValueError naming the valid ones."""
+    if mode not in CONDITIONING_MODES:
+        raise ValueError(f"unknown conditioning mode {mode!r}; one of {CONDITIONING_MODES}")
+    return mode
 
 
 def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
@@ -75,17 +108,46 @@ def _extended_points(keypoints: torch.Tensor, hw: tuple[int, int]):
     return torch.stack([px, py], -1), vis
 
 
-def keypoint_maps(keypoints: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, 17, H, W) float: 1 at each visible keypoint's pixel, 0 elsewhere."""
+def dp2_decode_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
+    """DP2's FDH ``kp_decoder`` on (B, 17, 3): float32, v = (v > 0) and 0 <= x, y <= 1.
+
+    Idempotent, so decoded keypoints pass through unchanged. Non-finite coordinates count as
+    outside (DP2 would index with an undefined integer there).
+    """
+    kp = keypoints.detach().to(torch.float32).clone()
+    x, y = kp[..., 0], kp[..., 1]
+    inside = (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)
+    kp[..., 2] = ((kp[..., 2] > 0) & inside).to(torch.float32)
+    return kp
+
+
+def _scatter_points(px, py, vis, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 17, H, W) float: 1 at (px, py) of each visible keypoint."""
     h, w = hw
-    pts, vis = _extended_points(keypoints, hw)
-    b = keypoints.shape[0]
-    flat = torch.zeros(b, NUM_KEYPOINTS * h * w + 1, device=keypoints.device)
-    k = torch.arange(NUM_KEYPOINTS, device=keypoints.device)
-    idx = k * h * w + pts[:, :NUM_KEYPOINTS, 1] * w + pts[:, :NUM_KEYPOINTS, 0]
-    idx = torch.where(vis[:, :NUM_KEYPOINTS], idx, NUM_KEYPOINTS * h * w)  # dump slot
+    b = px.shape[0]
+    flat = torch.zeros(b, NUM_KEYPOINTS * h * w + 1, device=px.device)
+    k = torch.arange(NUM_KEYPOINTS, device=px.device)
+    idx = k * h * w + py * w + px
+    idx = torch.where(vis, idx, NUM_KEYPOINTS * h * w)  # dump slot
     flat.scatter_(1, idx, 1.0)
     return flat[:, :-1].view(b, NUM_KEYPOINTS, h, w)
+
+
+def keypoint_maps(
+    keypoints: torch.Tensor, hw: tuple[int, int], mode: str = "reference"
+) -> torch.Tensor:
+    """(B, 17, H, W) float: 1 at each visible keypoint's pixel, 0 elsewhere (module docstring
+    for each ``mode``'s pixel rule)."""
+    h, w = hw
+    if check_mode(mode) == "flip-exact":
+        pts, vis = _extended_points(keypoints, hw)
+        n = NUM_KEYPOINTS
+        return _scatter_points(pts[:, :n, 0], pts[:, :n, 1], vis[:, :n], hw)
+    kp = dp2_decode_keypoints(keypoints)
+    # float32 products and torch.round (half to even), as spatial_embed_keypoints
+    px = (kp[..., 0] * w).round().long().clamp(0, w - 1)
+    py = (kp[..., 1] * h).round().long().clamp(0, h - 1)
+    return _scatter_points(px, py, kp[..., 2].round() == 1, hw)
 
 
 def _round_pair(a: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +161,64 @@ def _round_pair(a: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return up, down
 
 
-def limb_maps(keypoints: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, 6, H, W) float: 1-pixel lines of the six limb groups (a pixel may be in several)."""
+def _dp2_points(keypoints: torch.Tensor, hw: tuple[int, int]):
+    """Pixel endpoints (B, 20, 2) long (17 keypoints, neck, mid-hip, mid-eye) and visibility
+    (B, 19) of DP2's create_joint_map, in its float32 order of operations."""
+    h, w = hw
+    kp = dp2_decode_keypoints(keypoints).cpu()
+    ext = torch.cat([kp, torch.zeros(kp.shape[0], 2, 3)], 1)
+    vis = ext[..., 2] > 0
+    for virtual, (a, b) in ((NECK, (5, 6)), (MID_HIP, (11, 12))):
+        both = vis[:, a] & vis[:, b]
+        mid = ext[:, a] + (ext[:, b] - ext[:, a]) / 2
+        ext[:, virtual] = torch.where(both[:, None], mid, ext[:, virtual])
+        vis[:, virtual] = both
+    ext[..., 0] *= w
+    ext[..., 1] *= h
+    # mid-eye from the scaled eyes, visible or not (DP2 does not check them)
+    mid_eye = ext[:, 1] + (ext[:, 2] - ext[:, 1]) / 2
+    xy = torch.cat([ext[..., :2], mid_eye[:, None, :2]], 1)
+    # Only the mid-eye can lie outside the image (visible points are inside [0, 1]); PIL walks
+    # a line pixel by pixel even outside the image (1e9 px: ~10 s), so a mid-eye farther than
+    # FAR_LIMIT image sizes away (or non-finite) skips its line, where DP2 would draw the clip.
+    ok = (xy.abs() <= FAR_LIMIT * max(h, w)).all(-1)  # False for NaN and inf too
+    return xy.round().long(), vis, ok
+
+
+def limb_label_map(keypoints: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) uint8 CPU: DP2's limb label map (0 = background, limb index + 1), drawn with
+    PIL's ``ImageDraw.line(width=1)`` in ``DP2_DRAW_ORDER``, later lines overwriting earlier
+    ones; endpoints may lie outside the image (PIL clips the line)."""
+    h, w = hw
+    pts, vis, ok = _dp2_points(keypoints, hw)
+    out = np.zeros((pts.shape[0], h, w), dtype=np.uint8)
+    for i, (p, v, good) in enumerate(zip(pts.tolist(), vis.tolist(), ok.tolist(), strict=True)):
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        segments = [s for s in DP2_DRAW_ORDER if v[s[0]] and v[s[1]]]
+        if not v[0] and v[NECK]:
+            segments.append(FALLBACK_SEGMENT)
+        for a, b, limb in segments:
+            if good[a] and good[b]:
+                draw.line((tuple(p[a]), tuple(p[b])), width=1, fill=limb + 1)
+        out[i] = np.asarray(canvas)
+    return torch.from_numpy(out)
+
+
+def limb_maps(
+    keypoints: torch.Tensor, hw: tuple[int, int], mode: str = "reference"
+) -> torch.Tensor:
+    """(B, 6, H, W) float: the six limb groups' 1-pixel lines (``reference``: one-hot of
+    ``limb_label_map`` without class 0; ``flip-exact``: independent maps)."""
+    if check_mode(mode) == "reference":
+        label = limb_label_map(keypoints, hw).to(keypoints.device)
+        classes = torch.arange(1, len(LIMB_NAMES) + 1, device=keypoints.device)
+        return (label[:, None] == classes[:, None, None]).float()
+    return _limb_maps_independent(keypoints, hw)
+
+
+def _limb_maps_independent(keypoints: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``flip-exact``: 1-pixel lines of the six limb groups (a pixel may be in several)."""
     h, w = hw
     b, dev = keypoints.shape[0], keypoints.device
     pts, vis = _extended_points(keypoints, hw)
@@ -142,6 +260,7 @@ def build_condition(
     person_mask: torch.Tensor,
     keypoints: torch.Tensor,
     resolution: tuple[int, int],
+    mode: str = "reference",
 ) -> torch.Tensor:
     """The generator input (B, 30, H, W) float32 at ``resolution`` = (H, W).
 
@@ -152,6 +271,8 @@ def build_condition(
         keypoints: (B, 17, 3) float, COCO order, columns (x/W, y/H, v) in NORMALISED units.
         resolution: (H, W) of the working resolution; every input must already be at it
             (the loader resizes; this function never resamples).
+        mode: the conditioning mode (module docstring); take it from the generator's config
+            (``G.cfg.conditioning_mode``), since weights only work with the maps they learnt.
     """
     hw = (int(resolution[0]), int(resolution[1]))
     if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != hw:
@@ -162,7 +283,7 @@ def build_condition(
         raise ValueError(f"keypoints must have shape (B, 17, 3), got {tuple(keypoints.shape)}")
     m = _as_b1hw(mask, "mask", hw)
     pm = _as_b1hw(person_mask, "person_mask", hw)
+    check_mode(mode)
     kp = keypoints.to(image.device)
-    return torch.cat(
-        [image.float() * m, m, 1 - m, pm, 1 - pm, keypoint_maps(kp, hw), limb_maps(kp, hw)], 1
-    )
+    maps = [keypoint_maps(kp, hw, mode), limb_maps(kp, hw, mode)]
+    return torch.cat([image.float() * m, m, 1 - m, pm, 1 - pm, *maps], 1)

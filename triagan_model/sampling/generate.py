@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from triagan_model.networks.conditioning import build_condition
-from triagan_model.sampling.truncation import truncate, truncate_to_centres
+from triagan_model.sampling.truncation import (
+    check_centre_rule,
+    check_psi,
+    truncate,
+    truncate_to_centres,
+)
 
 INDEX_FORMAT = "triagan-generated"
 GRID_ROWS = 8
@@ -34,8 +39,13 @@ GRID_ROWS = 8
 
 @dataclass(frozen=True)
 class Truncation:
-    psi: float = 1.0  # 1 = no truncation, 0 = the centre itself
-    centres: torch.Tensor | None = None  # multi-modal truncation toward the nearest centre
+    psi: float = 1.0  # 1 = no truncation, 0 = the centre itself; in [0, 1]
+    centres: torch.Tensor | None = None  # multi-modal truncation toward k-means centres
+    centre_rule: str = "nearest"  # nearest (the paper's) | index (DP2's z_idx % K)
+
+    def __post_init__(self) -> None:
+        check_psi(self.psi)
+        check_centre_rule(self.centre_rule)
 
 
 def sample_z(indices: list[int], z_dim: int, seed: int) -> torch.Tensor:
@@ -50,16 +60,23 @@ def sample_z(indices: list[int], z_dim: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_batch(
-    G: torch.nn.Module, batch: dict[str, Any], z: torch.Tensor, trunc: Truncation = Truncation()
+    G: torch.nn.Module,
+    batch: dict[str, Any],
+    z: torch.Tensor,
+    trunc: Truncation = Truncation(),
+    z_indices: list[int] | None = None,
 ) -> torch.Tensor:
-    """Composited images in [-1, 1] for a loader-style batch (img, mask, maskrcnn_mask, kp)."""
+    """Composited images in [-1, 1] for a loader-style batch (img, mask, maskrcnn_mask, kp).
+    ``z_indices``: the integers the latents were drawn from (``sample_z``), for the "index"
+    centre rule."""
     dev = next(G.parameters()).device
     res = G.cfg.resolution
     img, mask, person = (batch[k].to(dev) for k in ("img", "mask", "maskrcnn_mask"))
-    cond = build_condition(img, mask, person, batch["keypoints"].to(dev), res)
+    cond = build_condition(img, mask, person, batch["keypoints"].to(dev), res,
+                           mode=G.cfg.conditioning_mode)  # fmt: skip
     w = G.mapping(z.to(dev))
     if trunc.centres is not None:
-        w = truncate_to_centres(w, trunc.centres.to(dev), trunc.psi)
+        w = truncate_to_centres(w, trunc.centres.to(dev), trunc.psi, trunc.centre_rule, z_indices)
     elif trunc.psi != 1.0:
         w = truncate(w, G.mapping.w_avg, trunc.psi)
     return G(cond, w=w, noise_mode="const")["img"]
@@ -168,7 +185,7 @@ def write_outputs(
     scale = max(1, 144 // G.cfg.resolution[0])
     for batch in batches:
         idx = list(range(position, position + len(batch["key"])))
-        fake = generate_batch(G, batch, sample_z(idx, G.cfg.z_dim, seed), trunc).cpu()
+        fake = generate_batch(G, batch, sample_z(idx, G.cfg.z_dim, seed), trunc, idx).cpu()
         for j, (key, arr) in enumerate(zip(batch["key"], to_uint8(fake), strict=True)):
             _write(out / "images" / f"{key}.png", _png_bytes(arr))
             entries.append({"image_id": image_id(key, idx[j]), "key": key,
@@ -183,6 +200,7 @@ def write_outputs(
     if rows:
         _flush_grid(rows, out, n_grid, scale, save_grid, final=True)
     doc = {"format": INDEX_FORMAT, "version": 1, "psi": trunc.psi, "seed": seed,
+           "centre_rule": trunc.centre_rule if trunc.centres is not None else None,
            "resolution": list(G.cfg.resolution), **meta, "images": entries}  # fmt: skip
     _write(out / "index.json", (json.dumps(doc) + "\n").encode())
     return out / "index.json"

@@ -2,8 +2,13 @@
 
 - Toward ``w_avg``: w' = w_avg + psi (w - w_avg) (psi 1 = none, psi 0 = the average).
 - Multi-modal (Self-Distilled StyleGAN, Mokady et al. 2022): k-means centres of many mapped w;
-  each w moves toward its NEAREST centre, w' = c + psi (w - c). The reference picks a centre by
-  index instead; the nearest-centre rule is the paper's.
+  w' = c + psi (w - c), the centre c chosen by ``centre_rule``: ``"nearest"`` (the default, the
+  paper's and Self-Distilled StyleGAN's rule: the centre nearest to w) or ``"index"``
+  (DeepPrivacy2's anonymiser: ``centres[z_idx % K]``, z_idx the integer the sample's latent was
+  drawn from, so the centre is independent of w).
+- psi must lie in [0, 1]: DeepPrivacy2 clamps psi to [0, 1] without a word
+  (``dp2/generator/base.py``); here a psi outside is refused (``check_psi``, exit 2 in the CLI)
+  so that a typo never silently samples at another truncation.
 
 ``kmeans`` is a small torch implementation (scikit-learn is not a dependency): k-means++
 seeding (Arthur & Vassilvitskii 2007) then Lloyd iterations, squared Euclidean distance,
@@ -20,11 +25,28 @@ from pathlib import Path
 import torch
 
 CENTRES_FORMAT = "triagan-w-centres"
+CENTRE_RULES: tuple[str, ...] = ("nearest", "index")
+
+
+def check_psi(psi: float) -> float:
+    """``psi`` if 0 <= psi <= 1, else a ValueError (DeepPrivacy2 would clamp it silently)."""
+    if not 0.0 <= float(psi) <= 1.0:  # also refuses NaN
+        raise ValueError(
+            f"truncation psi {psi} is outside [0, 1] (1 = none, 0 = the centre); DeepPrivacy2 "
+            f"clamps it to {min(max(float(psi), 0.0), 1.0)}: pass that value if you meant it"
+        )
+    return float(psi)
+
+
+def check_centre_rule(rule: str) -> str:
+    if rule not in CENTRE_RULES:
+        raise ValueError(f"unknown centre rule {rule!r}; one of {CENTRE_RULES}")
+    return rule
 
 
 def truncate(w: torch.Tensor, w_avg: torch.Tensor, psi: float) -> torch.Tensor:
     """w_avg + psi (w - w_avg)."""
-    return w_avg.to(w.dtype).lerp(w, psi)
+    return w_avg.to(w.dtype).lerp(w, check_psi(psi))
 
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -47,10 +69,34 @@ def nearest_centre(
     return torch.cat(idx), torch.cat(dist)
 
 
-def truncate_to_centres(w: torch.Tensor, centres: torch.Tensor, psi: float) -> torch.Tensor:
-    """Multi-modal truncation: w' = c + psi (w - c), c the nearest centre of each w."""
-    idx, _ = nearest_centre(w, centres)
-    return centres.to(w.dtype)[idx].lerp(w, psi)
+def centre_indices(
+    w: torch.Tensor,
+    centres: torch.Tensor,
+    centre_rule: str = "nearest",
+    z_indices: torch.Tensor | list[int] | None = None,
+) -> torch.Tensor:
+    """(N,) index of the centre each w is truncated toward (module docstring)."""
+    if check_centre_rule(centre_rule) == "nearest":
+        return nearest_centre(w, centres)[0]
+    if z_indices is None:
+        raise ValueError("centre rule 'index' needs the latents' integer indices (z_indices)")
+    z_idx = torch.as_tensor(z_indices, dtype=torch.long, device=w.device).reshape(-1)
+    if z_idx.shape[0] != w.shape[0]:
+        raise ValueError(f"{z_idx.shape[0]} z_indices for {w.shape[0]} latents")
+    return z_idx.remainder(centres.shape[0])  # DP2: z_idx % len(w_centers), never negative
+
+
+def truncate_to_centres(
+    w: torch.Tensor,
+    centres: torch.Tensor,
+    psi: float,
+    centre_rule: str = "nearest",
+    z_indices: torch.Tensor | list[int] | None = None,
+) -> torch.Tensor:
+    """Multi-modal truncation: w' = c + psi (w - c), c chosen by ``centre_rule``."""
+    psi = check_psi(psi)
+    idx = centre_indices(w, centres, centre_rule, z_indices)
+    return centres.to(w.device, w.dtype)[idx].lerp(w, psi)
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -128,9 +128,11 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for k, v in batch.items()}  # fmt: skip
 
 
-def _condition(batch: dict[str, Any], resolution: tuple[int, int]) -> torch.Tensor:
+def _condition(batch: dict[str, Any], gcfg) -> torch.Tensor:
+    """The condition at the generator's resolution, by its conditioning mode."""
     return build_condition(batch["img"], batch["mask"], batch["maskrcnn_mask"],
-                           batch["keypoints"], resolution)  # fmt: skip
+                           batch["keypoints"], gcfg.resolution,
+                           mode=gcfg.conditioning_mode)  # fmt: skip
 
 
 def train_step(
@@ -145,8 +147,8 @@ def train_step(
 ) -> dict[str, float]:
     """One optimiser step of D then G over ``batches`` (the accumulation micro-batches)."""
     cfg, G, D = opts.config, nets.G, nets.D
-    res, accum = G.cfg.resolution, len(batches)
-    conds = [_condition(b, res) for b in batches]
+    accum = len(batches)
+    conds = [_condition(b, G.cfg) for b in batches]
     out: dict[str, float] = {}
     # D phase: real vs generated (G frozen, w_avg tracked as in the reference's D step).
     d_params = list(D.trainable_parameters())
@@ -243,7 +245,7 @@ def _grid_batch(
 @torch.no_grad()
 def _write_grid(G_ema, grid, path: Path) -> Path:
     batch, z = grid
-    fake = G_ema(_condition(batch, G_ema.cfg.resolution), z, noise_mode="const")["img"]
+    fake = G_ema(_condition(batch, G_ema.cfg), z, noise_mode="const")["img"]
     scale = max(1, 144 // G_ema.cfg.resolution[0])
     return save_grid([batch["condition"], fake, batch["img"]], path, scale=scale)
 
