@@ -119,7 +119,7 @@ class Anonymizer:
             pose = build_pose(pose, pose_weights, device=s.device)
         prov = {"generator": str(generator), "generator_sha256": doc.get("weights_sha256"),
                 "generator_config": doc.get("config_name"), "stage": doc.get("stage"),
-                "conditioning_mode": synth.conditioning_mode or "flip-exact (default)",
+                "conditioning_mode": synth.conditioning_mode,
                 "centres": plan.source, "centre_rule": plan.centre_rule, "psi": plan.psi,
                 "pose": pose.provenance(),
                 "detector": detector.provenance() if detector is not None else None}  # fmt: skip

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-CENTRE_RULES = ("nearest", "index")
+from triagan_model.sampling.truncation import CENTRE_RULES
+
 CENTRES_BESIDE_WEIGHTS = "w_centers.safetensors"
 
 
@@ -90,18 +91,18 @@ def resolve_truncation(
     return TruncationPlan(psi, centres.float(), centre_rule, str(path))
 
 
-def truncate_w(w: torch.Tensor, keys: list[str], w_avg: torch.Tensor, plan: TruncationPlan,
-               seed: int) -> tuple[torch.Tensor, list[int | None]]:  # fmt: skip
-    """Truncated w and the centre index each row used (None toward w_avg)."""
-    from triagan_model.sampling.truncation import nearest_centre
+def truncate_w(
+    w: torch.Tensor, keys: list[str], w_avg: torch.Tensor, plan: TruncationPlan, seed: int
+) -> tuple[torch.Tensor, list[int | None]]:
+    """Truncated w and the centre index each row used (None toward w_avg). The "index" rule
+    takes the identity's own integer (its latent's seed), as DP2 takes `z_idx % K`."""
+    from triagan_model.sampling.truncation import centre_indices
 
     if plan.centres is None:
         return w_avg.to(w.dtype).lerp(w, plan.psi), [None] * len(keys)
     c = plan.centres.to(w.device, w.dtype)
-    if plan.centre_rule == "index":
-        idx = torch.tensor([key_seed(k, seed) % len(c) for k in keys], device=w.device)
-    else:
-        idx, _ = nearest_centre(w, c)
+    z_idx = [key_seed(k, seed) for k in keys] if plan.centre_rule == "index" else None
+    idx = centre_indices(w, c, plan.centre_rule, z_idx)
     return c[idx].lerp(w, plan.psi), [int(i) for i in idx]
 
 
@@ -118,7 +119,7 @@ class GeneratorSynthesiser:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, not {precision!r}")
         self.G, self.plan, self.seed, self.precision = G, plan, seed, precision
-        self.conditioning_mode = getattr(G.cfg, "conditioning_mode", None)
+        self.conditioning_mode = G.cfg.conditioning_mode  # from the weights; no override
         self.centre_of: dict[str, int | None] = {}  # key -> centre index, for the report
 
     @torch.no_grad()
@@ -137,8 +138,7 @@ class GeneratorSynthesiser:
         mask = torch.stack([r["mask"] for r in rows]).to(dev)
         pm = torch.stack([r["maskrcnn_mask"] for r in rows]).to(dev)
         kp = batch["keypoints"].to(dev)
-        kwargs = {"mode": self.conditioning_mode} if self.conditioning_mode else {}
-        cond = build_condition(img, mask, pm, kp, res, **kwargs)
+        cond = build_condition(img, mask, pm, kp, res, mode=self.conditioning_mode)
         z = latents(batch["keys"], G.cfg.z_dim, self.seed).to(dev)
         w = G.mapping(z)
         w, centres = truncate_w(w, batch["keys"], G.mapping.w_avg, self.plan, self.seed)
