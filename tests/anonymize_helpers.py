@@ -29,8 +29,13 @@ def scenes_module():
     return sys.modules["anon_scenes"]
 
 
-def save_tiny_generator(out: Path, stage: str = "72x40", centres: int | None = 4) -> Path:
-    """E-tiny at `stage` with random weights and a non-zero w_avg; optional w centres beside."""
+def save_tiny_generator(
+    out: Path, stage: str = "72x40", centres: int | None = 4, mode: str | None = None
+) -> Path:
+    """E-tiny at `stage` with random weights and a non-zero w_avg; optional w centres beside;
+    `mode` overrides the conditioning mode recorded in the weights."""
+    import dataclasses
+
     from triagan_model.configs import get_config
     from triagan_model.networks.generator import TriaGANGenerator
     from triagan_model.sampling.truncation import save_centres
@@ -39,6 +44,8 @@ def save_tiny_generator(out: Path, stage: str = "72x40", centres: int | None = 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = get_config("E-tiny").generator_config(stage)
+    if mode is not None:
+        cfg = dataclasses.replace(cfg, conditioning_mode=mode)
     torch.manual_seed(0)
     g = TriaGANGenerator(cfg)
     with torch.no_grad():

@@ -216,3 +216,21 @@ def test_empty_mask_is_too_small_not_a_crash():
     assert res.persons[0]["status"] == "too-small" and res.persons[0]["box"] is None
     assert mask_box(np.zeros((3, 3), bool)) is None
     assert crop_masks(np.ones((64, 64), bool), (0, 0, 64, 64)).mask.shape == (288, 160)
+
+
+def test_conditioning_mode_comes_from_the_weights(tmp_path):
+    img, persons = _two_overlapping()
+    for p in persons:  # keypoints on the mask's centre line, so the maps differ by mode
+        ys, xs = np.nonzero(p.mask)
+        kp = np.zeros((17, 3), np.float32)
+        kp[:, 0] = xs.mean()
+        kp[:, 1] = np.linspace(ys.min() + 5, ys.max() - 5, 17)
+        kp[:, 2] = 1
+        p.keypoints = kp
+    outs = {}
+    for mode in ("reference", "flip-exact"):
+        w = save_tiny_generator(tmp_path / mode, stage="18x10", centres=4, mode=mode)
+        anon = Anonymizer.from_files(str(w))
+        assert anon.provenance["conditioning_mode"] == mode
+        outs[mode] = anon.image(img, persons=persons, key="m.png").image
+    assert not np.array_equal(outs["reference"], outs["flip-exact"])
