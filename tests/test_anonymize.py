@@ -234,3 +234,18 @@ def test_conditioning_mode_comes_from_the_weights(tmp_path):
         assert anon.provenance["conditioning_mode"] == mode
         outs[mode] = anon.image(img, persons=persons, key="m.png").image
     assert not np.array_equal(outs["reference"], outs["flip-exact"])
+
+
+def test_crop_interpolation_rule_differs_only_for_boxes_leaving_the_image():
+    img = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 200, 120), dtype=np.uint8))
+    outside = (-100, -150, 80, 174)  # 324 x 180 box, 174 x 80 of it inside the image
+    ref = cut_pad_resize(img, outside, rule="reference")  # DP2: NEAREST (clamped extent)
+    padded = cut_pad_resize(img, outside, rule="padded")  # BICUBIC (the crop's own size)
+    assert not torch.equal(ref, padded)
+    nearest = torch.nn.functional.interpolate(
+        torch.nn.functional.pad(img[:, :174, :80].float(), (100, 0, 150, 0))[None],
+        size=(288, 160), mode="nearest")[0].to(torch.uint8)  # fmt: skip
+    torch.testing.assert_close(ref, nearest, rtol=0, atol=0)
+    inside = (10, 10, 100, 172)
+    assert torch.equal(cut_pad_resize(img, inside, rule="reference"),
+                       cut_pad_resize(img, inside, rule="padded"))  # fmt: skip

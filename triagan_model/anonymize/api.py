@@ -29,6 +29,7 @@ from triagan_model.anonymize.compose import (
     compose,
     plan_persons,
 )
+from triagan_model.anonymize.crops import INTERPOLATION_RULES
 from triagan_model.anonymize.identity import ConfigError
 from triagan_model.anonymize.pose import FromDetections, NoPose
 
@@ -49,12 +50,15 @@ class AnonymizeSettings:
     device: str = "cpu"
     track_iou: float = 0.3
     hold_frames: int = 2
+    crop_interpolation: str = "reference"  # reference (DP2) | padded (anonymize-spec's fix)
 
     def check(self) -> None:
         if self.small_person not in SMALL_PERSON_POLICIES:
             raise ConfigError(f"--small-person must be one of {SMALL_PERSON_POLICIES}")
         if not 0 <= self.truncation <= 1:
             raise ConfigError(f"--truncation must lie in [0, 1], not {self.truncation}")
+        if self.crop_interpolation not in INTERPOLATION_RULES:
+            raise ConfigError(f"--crop-interpolation must be one of {INTERPOLATION_RULES}")
         if self.batch_size < 1 or self.hold_frames < 0:
             raise ConfigError("--batch-size must be >= 1 and --hold-frames >= 0")
 
@@ -187,7 +191,14 @@ class Anonymizer:
             if q.status == "too-small":
                 apply_small_person(out, persons[q.index].mask, q.box, s.small_person)
         self._tick("crop", t0)
-        out = compose(out, plans, self.synthesise, batch_size=s.batch_size, timings=self.timings)
+        out = compose(
+            out,
+            plans,
+            self.synthesise,
+            batch_size=s.batch_size,
+            timings=self.timings,
+            crop_rule=s.crop_interpolation,
+        )
         return AnonymizedImage(out, self._rows(plans, persons, key, frame))
 
     def _rows(self, plans, persons, key: str, frame: int) -> list[dict[str, Any]]:

@@ -131,9 +131,9 @@ def paste(image: np.ndarray, box, generated: torch.Tensor, known: np.ndarray) ->
     region[sel] = new[sel]
 
 
-def _crop_batch(image: np.ndarray, plans: list[Planned], target_hw) -> dict:
+def _crop_batch(image: np.ndarray, plans: list[Planned], target_hw, rule: str) -> dict:
     im = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    imgs = torch.stack([cut_pad_resize(im, q.box, target_hw) for q in plans]).float()
+    imgs = torch.stack([cut_pad_resize(im, q.box, target_hw, rule) for q in plans]).float()
 
     def stack(name):  # noqa: E306
         return torch.stack([torch.from_numpy(getattr(q.masks, name)) for q in plans])[:, None]
@@ -155,6 +155,7 @@ def compose(
     batch_size: int = 16,
     target_hw: tuple[int, int] = TARGET_HW,
     timings: dict | None = None,
+    crop_rule: str = "reference",
 ) -> np.ndarray:
     """A new image with every planned (not too-small) person replaced; `image` is not changed."""
     import time
@@ -166,7 +167,7 @@ def compose(
         for start in range(0, len(members), batch_size):
             part = members[start : start + batch_size]
             t0 = time.perf_counter()
-            batch = _crop_batch(out, part, target_hw)
+            batch = _crop_batch(out, part, target_hw, crop_rule)
             t1 = time.perf_counter()
             gen = synthesise(batch).detach().float().cpu()
             gen = (gen + 1).div(2).clamp(0, 1).mul(255)

@@ -76,6 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--small-person", choices=("blur", "pixelate", "maskout", "keep"), default="blur"
     )
+    s.add_argument(
+        "--crop-interpolation",
+        choices=("reference", "padded"),
+        default="reference",
+        help="NEAREST vs BICUBIC chosen on the box clamped to the image (DP2) or on "
+        "the padded crop (differs only for boxes leaving the image)",
+    )
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--device", default="auto")
@@ -136,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         centre_rule=args.centre_rule, seed=args.seed, score_threshold=args.score_threshold,
         keypoint_threshold=args.keypoint_threshold, min_box_area=args.min_box_area,
         small_person=args.small_person, batch_size=args.batch_size, precision=args.precision,
-        device=device, track_iou=args.track_iou, hold_frames=args.hold_frames)  # fmt: skip
+        device=device, track_iou=args.track_iou, hold_frames=args.hold_frames,
+        crop_interpolation=args.crop_interpolation)  # fmt: skip
     warnings.simplefilter("default")
     try:
         detector = _detector(args)
