@@ -141,3 +141,18 @@ def test_photos_modes_metadata_and_privacy(photo_dir, tmp_path):
     with Image.open(out2 / "astronaut.jpg") as im:
         exif = im.getexif()
         assert exif.get(0x010F) == "TestCam" and 0x8825 not in exif and 0x0112 not in exif
+
+
+def test_16bit_greyscale_and_palette_read(tmp_path):
+    g16 = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    with pytest.warns(UserWarning, match="8 bits"):
+        from triagan_model.anonymize.media import warn_all
+
+        rgb, info = read_image(tmp_path / "g16.png")
+        warn_all(info.warnings)
+    assert info.mode == "L" and rgb.shape == (48, 64, 3)
+    np.testing.assert_array_equal(rgb[..., 0], (g16 >> 8).astype(np.uint8))
+    Image.fromarray(photos()["astronaut"]).convert("P").save(tmp_path / "p.png")
+    rgb, info = read_image(tmp_path / "p.png")
+    assert info.mode == "RGB" and rgb.shape == (512, 512, 3)

@@ -80,12 +80,16 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             f"{path}: not a readable image ({exn}); replace or remove the file"
         ) from exn
     mode, alpha = im.mode, None
-    if mode in ("I;16", "I;16B", "I", "F", "CMYK", "P", "PA", "1", "YCbCr", "LAB", "HSV"):
+    if mode.startswith("I;16"):  # PIL's own conversion clips at 255: keep the high byte
+        notes.append(f"{mode} image reduced to 8 bits (L) for anonymisation and output")
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
+        mode = "L"
+    if mode in ("I", "F", "CMYK", "P", "PA", "1", "YCbCr", "LAB", "HSV"):
         has_alpha = mode in ("PA",) or (mode == "P" and "transparency" in im.info)
         im = im.convert("RGBA" if has_alpha else "RGB")
         if mode not in ("P", "1"):
             notes.append(f"{mode} image converted to {im.mode} (8-bit) for anonymisation")
-        mode = "L" if mode in ("I;16", "I;16B", "I", "F", "1") else im.mode
+        mode = "L" if mode in ("I", "F", "1") else im.mode
     if im.mode in ("RGBA", "LA"):
         alpha = np.asarray(im.getchannel("A")).copy()
     rgb = np.asarray(im.convert("RGB")).copy()
@@ -183,11 +187,15 @@ def transcode_video(src, dst, process: Callable[[int, np.ndarray], np.ndarray], 
         vin = container.streams.video[0]
         ain = container.streams.audio[0] if keep_audio and container.streams.audio else None
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        w, h = vin.codec_context.width, vin.codec_context.height
+        if CODECS[codec] == "yuv420p" and (w % 2 or h % 2):
+            raise MediaError(f"{src}: {w}x{h} has an odd side, which {codec} (4:2:0) cannot "
+                             "encode; use --codec ffv1")  # fmt: skip
         with atomic_path(dst) as tmp:
             out = av.open(tmp, "w")
             try:
                 ostream = out.add_stream(codec, rate=rate)
-                ostream.width, ostream.height = vin.codec_context.width, vin.codec_context.height
+                ostream.width, ostream.height = w, h
                 ostream.pix_fmt = CODECS[codec]
                 ostream.time_base = vin.time_base
                 if codec == "libx264":

@@ -132,7 +132,8 @@ def process_file(anon: Anonymizer, item: Item, out: Path, fp: str, opts: dict) -
     try:
         rows, frames = (_video if item.kind == "video" else _image)(anon, item, dst, opts)
         status, error = ("ok" if rows else "no-person"), None
-    except (media.MediaError, DetectionError, ValueError, OSError) as exn:
+    except (media.MediaError, DetectionError, ValueError, OSError, RuntimeError) as exn:
+        # RuntimeError: torch or PyAV failing on this file's content; the run goes on
         dst.unlink(missing_ok=True)
         rows, frames, status, error = [], 0, "failed", str(exn)
     doc = {"fingerprint": fp, "file": {"input": item.rel, "kind": item.kind, "status": status,
