@@ -85,6 +85,8 @@ class Anonymizer:
         self.settings.check()
         self.provenance = provenance or {}
         self.timings: dict[str, float] = {}
+        # the real generator's wrapper, when there is one: it knows each key's centre index
+        self.centre_of: dict[str, int | None] = getattr(synthesise, "centre_of", {})
 
     @classmethod
     def from_files(cls, generator: str, *, detector: tuple[str, str] | Any = None,
@@ -127,9 +129,7 @@ class Anonymizer:
                 "centres": plan.source, "centre_rule": plan.centre_rule, "psi": plan.psi,
                 "pose": pose.provenance(),
                 "detector": detector.provenance() if detector is not None else None}  # fmt: skip
-        anon = cls(synth, detector=detector, pose=pose, settings=s, provenance=prov)
-        anon.generator_synth = synth
-        return anon
+        return cls(synth, detector=detector, pose=pose, settings=s, provenance=prov)
 
     def _tick(self, name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -202,14 +202,15 @@ class Anonymizer:
         return AnonymizedImage(out, self._rows(plans, persons, key, frame))
 
     def _rows(self, plans, persons, key: str, frame: int) -> list[dict[str, Any]]:
-        centre_of = getattr(getattr(self, "generator_synth", None), "centre_of", {})
+        centre_of = self.centre_of
         rows = []
         for rank, q in enumerate(plans):
             p = persons[q.index]
             kp = None if p.keypoints is None else np.asarray(p.keypoints, float).ravel().tolist()
             small = q.status == "too-small"
+            fallback = self.settings.small_person if small else None
             rows.append({"input": key, "frame": frame, "person": rank, "track": p.track,
-                         "status": q.status, "fallback": s_or_none(small, self.settings),
+                         "status": q.status, "fallback": fallback,
                          "score": float(p.score), "mask_pixels": q.area,
                          "box": _box_list(q.tight), "expanded_box": _box_list(q.box),
                          "keypoints": kp, "identity_key": None if small else q.key,
@@ -239,7 +240,3 @@ class Anonymizer:
 
     def settings_dict(self) -> dict[str, Any]:
         return asdict(self.settings)
-
-
-def s_or_none(small: bool, settings: AnonymizeSettings) -> str | None:
-    return settings.small_person if small else None
