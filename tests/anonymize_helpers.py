@@ -9,12 +9,21 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# On the shared 2-core CI box a tiny generator's forward is ~25x slower with 2 intra-op threads
-# than with 1 (measured 0.77 s vs 0.029 s at 18x10 under load): these tests use one.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while an anonymiser test module runs, restored after: on the shared
+    2-core CI box a tiny generator's forward was ~25x slower with 2 intra-op threads than with
+    1 (0.77 s vs 0.029 s at 18x10 under load). Import it into a test module to use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def scenes_module():

@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from anonymize_helpers import ConstantG, pattern_g, save_tiny_generator
+from anonymize_helpers import (
+    ConstantG,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    pattern_g,
+    save_tiny_generator,
+)
 from conftest import shared_vectors
 
 from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings

@@ -11,7 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from anonymize_helpers import ConstantG, save_tiny_generator
+from anonymize_helpers import (
+    ConstantG,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    save_tiny_generator,
+)
 
 from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
 from triagan_model.anonymize.compose import Person

@@ -9,7 +9,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from anonymize_helpers import save_tiny_generator, scenes_module
+from anonymize_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    save_tiny_generator,
+    scenes_module,
+)
 from PIL import Image
 
 from triagan_model.cli import main

@@ -11,7 +11,11 @@ import matplotlib.cbook as cbook
 import numpy as np
 import pandas as pd
 import pytest
-from anonymize_helpers import save_tiny_generator, scenes_module
+from anonymize_helpers import (
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    save_tiny_generator,
+    scenes_module,
+)
 from PIL import Image
 
 from triagan_model.anonymize.media import read_image

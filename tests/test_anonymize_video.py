@@ -9,7 +9,12 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-from anonymize_helpers import ConstantG, save_tiny_generator, scenes_module
+from anonymize_helpers import (
+    ConstantG,
+    one_thread,  # noqa: F401  (autouse: one torch thread)
+    save_tiny_generator,
+    scenes_module,
+)
 
 from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
 from triagan_model.anonymize.boxes import mask_box
