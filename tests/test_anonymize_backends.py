@@ -49,6 +49,10 @@ def test_maskrcnn_local_file_no_download(maskrcnn_file, tmp_path, monkeypatch, c
     persons = det.detect(img)
     assert persons and all(p.mask.shape == (96, 128) and p.mask.dtype == bool for p in persons)
     assert not (tmp_path / "torch_home").exists()
+    small = MaskRCNNDetector(maskrcnn_file, min_size=320, max_persons=2, max_res=64)
+    shrunk = small.detect(img)  # the detector sees 48x64; masks come back at 96x128
+    assert all(p.mask.shape == (96, 128) for p in shrunk)
+    assert small.provenance()["max_res"] == 64
     with pytest.raises(ConfigError, match="does not match"):
         MaskRCNNDetector(maskrcnn_file, sha256="deadbeef", min_size=320)
     # through the CLI: a missing weights file is exit 2 naming it

@@ -94,7 +94,8 @@ class Anonymizer:
                    settings: AnonymizeSettings | None = None,
                    detector_sha256: str | None = None,
                    detector_min_size: int = 800,
-                   detector_max_persons: int = 100) -> Anonymizer:  # fmt: skip
+                   detector_max_persons: int = 100,
+                   max_res: int | None = None) -> Anonymizer:  # fmt: skip
         """Load the generator weights directory, the detector and the pose backend."""
         from triagan_model.anonymize.detectors import CocoDetections, MaskRCNNDetector
         from triagan_model.anonymize.identity import GeneratorSynthesiser, resolve_truncation
@@ -118,7 +119,8 @@ class Anonymizer:
                 detector = MaskRCNNDetector(path, sha256=detector_sha256, device=s.device,
                                             score_threshold=s.score_threshold,
                                             min_size=detector_min_size,
-                                            max_persons=detector_max_persons)  # fmt: skip
+                                            max_persons=detector_max_persons,
+                                            max_res=max_res)  # fmt: skip
             else:
                 raise ConfigError(f"unknown detector {kind!r}; one of coco, torchvision-maskrcnn")
         if isinstance(pose, str):

@@ -130,7 +130,7 @@ class MaskRCNNDetector:
 
     def __init__(self, weights: str | Path | None, *, sha256: str | None = None,
                  score_threshold: float = 0.3, min_size: int = 800, max_persons: int = 100,
-                 device: str = "cpu") -> None:  # fmt: skip
+                 max_res: int | None = None, device: str = "cpu") -> None:  # fmt: skip
         import torch
         from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
@@ -155,22 +155,36 @@ class MaskRCNNDetector:
             ) from exn
         self.model = model.eval().to(device)
         self.device, self.score_threshold, self.min_size = device, score_threshold, min_size
+        self.max_res = max_res
 
     def detect(self, image: np.ndarray, name: str = "", frame: int = 0) -> list[Person]:
+        """Persons with full-frame masks. With `max_res`, the detector sees the frame shrunk so
+        its longer side is at most max_res (DP2's --max-res shrank the output too; here only
+        the detector input), and the soft masks are resized back before the 0.5 threshold."""
         import torch
+        import torch.nn.functional as F
 
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_res / max(h, w)) if self.max_res else 1.0
+        if scale < 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
         with torch.no_grad():
             out = self.model([x.to(self.device)])[0]
         keep = (out["labels"] == 1) & (out["scores"] >= self.score_threshold)
-        masks = (out["masks"][keep, 0] > 0.5).cpu().numpy()
+        soft = out["masks"][keep]
+        if scale < 1.0 and len(soft):
+            soft = F.interpolate(soft, size=(h, w), mode="bilinear")
+        masks = (soft[:, 0] > 0.5).cpu().numpy()
         scores = out["scores"][keep].cpu().numpy()
         return [Person(mask=m, score=float(s)) for m, s in zip(masks, scores, strict=True)
                 if m.any()]  # fmt: skip
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": self.name, "weights": str(self.weights), "sha256": self.sha,
-                "min_size": self.min_size, "score_threshold": self.score_threshold}  # fmt: skip
+                "min_size": self.min_size, "score_threshold": self.score_threshold,
+                "max_res": self.max_res}  # fmt: skip
 
 
 def _sha_from_name(name: str) -> str | None:

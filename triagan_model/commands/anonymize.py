@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=100,
         help="Mask R-CNN detections per image (torchvision's box_detections_per_img)",
     )
+    g.add_argument(
+        "--max-res",
+        type=int,
+        default=None,
+        help="shrink the Mask R-CNN input to this longer side (outputs keep their size)",
+    )
     g.add_argument("--score-threshold", type=float, default=0.3)
     g.add_argument("--pose", default="auto", help="from-detections | none | installed backend")
     g.add_argument("--pose-weights", help="the pose backend's checkpoint (local)")
@@ -153,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
                                      pose_weights=args.pose_weights, settings=settings,
                                      detector_sha256=args.detector_sha256,
                                      detector_min_size=args.detector_min_size,
-                                     detector_max_persons=args.detector_max_persons)  # fmt: skip
+                                     detector_max_persons=args.detector_max_persons,
+                                     max_res=args.max_res)  # fmt: skip
         return _run_files(args, anon)
     except (ConfigError, PoseError) as exn:
         return _fail(str(exn))
