@@ -11,7 +11,10 @@
    FDH_ROOT=OUT);
 5. `triagan train` with pipelines/demo_tiny.toml (a TINY config, NOT the paper's model) over
    two progressive stages 18x10 -> 36x20 on OUT/clean/train/manifest.json;
-6. `triagan generate` on the cleaned val manifest: a grid of generated samples.
+6. `triagan generate` on the cleaned val manifest: a grid of generated samples;
+7. `triagan clusters` + `triagan anonymize` (pipelines/anon_demo.py): a synthetic multi-person
+   scene and clip with COCO annotations, anonymised with the tiny generator, and a before |
+   after picture.
 Every step is a CLI call through subprocess, so the two packages stay separate. Rerunning with
 the same --out resumes/skips finished steps. Exit status: non-zero as soon as a step fails.
 """
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     step("generate", tg, "generate", "--weights", str(last / "weights"), "--manifest",
          str(clean / "val" / "manifest.json"), "--out", str(samples), "--num", "8",
          "--device", "cpu")  # fmt: skip
+    from anon_demo import run as anonymise_demo  # pipelines/ is this script's directory
+
+    anon_rows = anonymise_demo(out / "anonymize", last / "weights")
     print(f"\n== demo done in {time.monotonic() - start:.0f} s. Outputs:")
     rows = [("cleaned train manifest", clean / "train" / "manifest.json"),
             ("cleaned val manifest", clean / "val" / "manifest.json"),
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             samples / "grids" / "grid-0000.png",
         ),
         ("val samples index", samples / "index.json"),
-    ]
+    ] + anon_rows
     for what, path in rows:
         print(f"  {what}: {path}{'' if path.exists() else '  (missing!)'}")
     print("NOTE: a TINY test config with random feature networks: NOT the paper's model.")
