@@ -97,7 +97,7 @@ class CocoDetections:
         return {name for name, _ in self.entries}
 
     def sha256(self) -> str:
-        from triagan_model.weights import sha256_file
+        from triagan_model.atomic import sha256_file
 
         return sha256_file(self.path)
 
@@ -134,7 +134,7 @@ class MaskRCNNDetector:
         import torch
         from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
-        from triagan_model.weights import sha256_file
+        from triagan_model.atomic import sha256_file
 
         if weights is None or not Path(weights).is_file():
             raise ConfigError(f"Mask R-CNN weights {weights} not found: pass --detector-weights "

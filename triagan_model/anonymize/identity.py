@@ -58,8 +58,12 @@ def resolve_truncation(
     centre_rule: str = "nearest",
 ) -> TruncationPlan:
     """Decide the truncation; raises ConfigError for the configurations the spec refuses."""
-    from triagan_model.sampling.truncation import load_centres
+    from triagan_model.sampling.truncation import check_psi, load_centres
 
+    try:
+        check_psi(psi)  # refused as `triagan generate` refuses it (DP2 would clamp silently)
+    except ValueError as exn:
+        raise ConfigError(f"--truncation: {exn}") from None
     if multi_modal not in ("auto", "on", "off"):
         raise ConfigError(f"--multi-modal must be auto, on or off, not {multi_modal!r}")
     if centre_rule not in CENTRE_RULES:

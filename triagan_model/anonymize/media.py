@@ -10,23 +10,23 @@ Videos go through PyAV: every decoded frame (the decoder is flushed) is anonymis
 with its own pts in the input's time base, at the input's frame rate; audio is dropped unless
 `keep_audio`, which copies its packets unchanged.
 
-Every output is written under a temporary name in its directory and renamed (`atomic_path`,
-the one writer of this package; the integrator points it at `triagan_model/atomic.py`).
+Every output is written under a temporary name in its directory and renamed, through the
+package's one writer (`triagan_model.atomic.atomic_path`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from triagan_model.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -37,22 +37,6 @@ _ORIENTATION = 0x0112
 
 class MediaError(ValueError):
     """An input that cannot be read (a per-file failure)."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary path beside `path` (same suffix) that replaces it on a clean exit."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)  # fmt: skip
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass

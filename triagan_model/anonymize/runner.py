@@ -26,6 +26,7 @@ from triagan_model.anonymize import media
 from triagan_model.anonymize.api import Anonymizer
 from triagan_model.anonymize.detectors import DetectionError
 from triagan_model.anonymize.identity import ConfigError
+from triagan_model.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def process_file(anon: Anonymizer, item: Item, out: Path, fp: str, opts: dict) -
            "error": error, "frames": frames, "persons": len(rows),
            "seconds": round(time.perf_counter() - t0, 4)}, "persons": rows}  # fmt: skip
     if status != "failed":
-        with media.atomic_path(_marker(out, item.rel)) as tmp:
+        with atomic_path(_marker(out, item.rel)) as tmp:
             Path(tmp).write_text(json.dumps(doc, default=_json_default))
     return doc
 
@@ -159,7 +160,7 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     files = pd.DataFrame([d["file"] for d in docs])
     persons = persons_table([r for d in docs for r in d["persons"]])
     for name, table in (("files", files), ("persons", persons)):
-        with media.atomic_path(out / "report" / name / f"{name}-{rank}.parquet") as tmp:
+        with atomic_path(out / "report" / name / f"{name}-{rank}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
     n_frames = int(files["frames"].sum()) if len(files) else 0
     n_persons = len(persons)
@@ -176,6 +177,6 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
         "rank": rank, "world_size": world,
     }  # fmt: skip
     name = "summary.json" if world == 1 else f"summary-{rank}.json"
-    with media.atomic_path(out / name) as tmp:
+    with atomic_path(out / name) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

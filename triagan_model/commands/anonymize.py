@@ -138,12 +138,11 @@ def run(args: argparse.Namespace) -> int:
     from triagan_model.anonymize.api import Anonymizer, AnonymizeSettings
     from triagan_model.anonymize.identity import ConfigError
     from triagan_model.anonymize.pose import PoseError
+    from triagan_model.devices import resolve_device
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     settings = AnonymizeSettings(
         truncation=args.truncation, multi_modal=args.multi_modal, clusters=args.clusters,
         centre_rule=args.centre_rule, seed=args.seed, score_threshold=args.score_threshold,
@@ -204,7 +203,7 @@ def _run_files(args, anon) -> int:
     mine = items[args.rank :: args.world_size]
     run_doc = {"settings": resolved, "fingerprint": fp, "commit": git_commit(),
                "world_size": args.world_size}  # fmt: skip
-    from triagan_model.anonymize.media import atomic_path
+    from triagan_model.atomic import atomic_path
 
     with atomic_path(out / "run.json") as tmp:
         Path(tmp).write_text(json.dumps(run_doc, indent=2, default=str) + "\n")
