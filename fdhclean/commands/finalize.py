@@ -48,7 +48,7 @@ def run_finalize(args: argparse.Namespace) -> int:
 
     try:
         manifest = finalize_split(args.out / args.split)
-    except (IncompleteSplitError, FileNotFoundError) as exc:
+    except (IncompleteSplitError, FileNotFoundError, ValueError) as exc:
         print(f"fdhclean finalize: {exc}")
         return 1
     print(f"manifest: {args.out / args.split / 'manifest.json'} ({len(manifest.shards)} shards)")

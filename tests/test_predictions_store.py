@@ -1,0 +1,175 @@
+"""The columnar predictions store: streaming import of COCO results, lookups, finalize's count,
+and the predictions-file inputs that used to crash the readers (issue 12 class 9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from fdhclean import predictions_store as ps
+from fdhclean.estimators.predictions import iter_coco_results, load_predictions
+
+
+def _entries(n: int, seed: int = 0, keys: int = 300) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(0, keys))
+        out.append(
+            {
+                "image_id": k if i % 3 else str(k).zfill(6),  # strings with leading zeros too
+                "category_id": 1,
+                "keypoints": (rng.random(51) * 100).round(3).tolist(),
+                "score": float(rng.integers(0, 4)) / 4,  # many ties: the first must win
+            }
+        )
+    return out
+
+
+def test_import_matches_the_in_memory_reader_across_runs_and_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(ps, "BLOCK_ROWS", 97)  # many sorted runs: the k-way merge decides
+    monkeypatch.setattr(ps, "ROW_GROUP_ROWS", 16)
+    entries = _entries(1200)
+    a, b = tmp_path / "p_0.json", tmp_path / "p_1.json"
+    a.write_text(json.dumps(entries[:700]))
+    b.write_text(json.dumps(entries[700:]))
+    store = ps.PredictionStore.open(tmp_path / "p_*.json", cache_dir=tmp_path / "cache")
+    # the reference semantics: per file the highest score (first on a tie), then across files
+    # the highest score (the earlier file on a tie)
+    merged: dict[str, tuple[np.ndarray, float]] = {}
+    for path in (a, b):
+        p = load_predictions(path)
+        for key, kps in p.keypoints.items():
+            if key not in merged or p.scores[key] > merged[key][1]:
+                merged[key] = (kps, p.scores[key])
+    assert len(store) == len(merged) and store.record["entries"] == 1200
+    assert store.record["duplicates"] == 1200 - len(merged)
+    keys = sorted(merged, key=int)
+    found, kps, scores = store.lookup([k.zfill(7) for k in keys] + ["100000", "abc"])
+    assert found[:-2].all() and not found[-2:].any() and np.isnan(kps[-1]).all()
+    np.testing.assert_array_equal(kps[:-2], np.stack([merged[k][0] for k in keys]))
+    assert scores[:-2].tolist() == [merged[k][1] for k in keys]
+    assert np.all(np.diff(store.keys()) > 0)  # sorted and unique
+    assert store.keys_outside(keys[:10] + ["abc", "../x"]) == len(merged) - 10
+    shas = [s["sha256"] for s in store.record["sources"]]
+    assert store.directory.name == ps.sources_sha256(shas) and len(shas) == 2
+
+
+def test_lookup_reads_only_the_row_groups_that_can_hold_the_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(ps, "ROW_GROUP_ROWS", 50)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([e | {"image_id": i} for i, e in enumerate(_entries(500))]))
+    store = ps.PredictionStore.open(path, cache_dir=tmp_path)
+    assert store._file.metadata.num_row_groups == 10
+    found, _, _ = store.lookup(["120", "130", "149"])
+    assert found.all() and list(store._cache) == [2]
+
+
+def test_store_is_imported_once_and_reused(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(_entries(50)))
+    first = ps.PredictionStore.open(path, cache_dir=tmp_path / "cache")
+    stamp = (first.directory / ps.DATA_FILE).stat().st_mtime_ns
+    again = ps.PredictionStore.open(path, cache_dir=tmp_path / "cache", sha256=first.source_sha256)
+    assert again.directory == first.directory
+    assert (again.directory / ps.DATA_FILE).stat().st_mtime_ns == stamp
+    assert ps.PredictionStore.open(first.directory).directory == first.directory
+    # two importers of the same file at once: the second finds the first's store in place
+    writer = ps.StoreWriter(first.directory, {"source_sha256": "x", "sources": []})
+    writer.add(1, np.zeros((17, 3), np.float32), 0.5)
+    assert writer.close().record["entries"] == 50
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.directory.name]
+    # a recorded sha256 that no longer matches the file is refused, naming it
+    path.write_text(json.dumps(_entries(51)))
+    with pytest.raises(ValueError, match="changed since"):
+        ps.PredictionStore.open(path, cache_dir=tmp_path / "other", sha256=first.source_sha256)
+
+
+def test_non_integer_image_ids_are_counted_not_fatal(tmp_path):
+    entries = _entries(5)
+    for i, bad in enumerate(["abc", "../x", "/abs/path", 2**70]):
+        entries.append(entries[0] | {"image_id": bad, "score": 0.1 * i})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(entries))
+    store = ps.PredictionStore.open(path, cache_dir=tmp_path / "c")
+    invalid = store.record["invalid_image_ids"]
+    assert invalid["count"] == 4 and "entry 5: image_id 'abc'" in invalid["examples"][0]
+    assert store.record["entries"] == 5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('[{"image_id": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}]", "nested too deeply"),
+        (b'[{"image_id": "\xff\xfe"}]', "not UTF-8"),
+        ('{"image_id": 1}', "expected a JSON list"),
+        ("", "an empty file"),
+        ('[{"image_id": 1}, {"image_id": 2', "not valid JSON at entry 1"),
+        ('[{"image_id": 1} {"image_id": 2}]', "expected ',' or ']'"),
+        ("[1] [2]", "data after the list"),
+    ],
+)
+def test_unreadable_predictions_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message) as err:
+        list(iter_coco_results(path))
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match=re.escape(str(path))):  # entries are checked too
+        ps.PredictionStore.open(path, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_streaming_parse_across_chunk_boundaries(tmp_path, monkeypatch):
+    import fdhclean.estimators.predictions as pred
+
+    monkeypatch.setattr(pred, "_CHUNK", 7)  # every entry and number spans buffer ends
+    entries = _entries(40) + [12345, 1.5e300, "text", None, [1, 2]]
+    path = tmp_path / "p.json"
+    path.write_text("\ufeff" + json.dumps(entries, indent=2))  # a BOM, and whitespace
+    assert list(iter_coco_results(path)) == json.loads(json.dumps(entries))
+
+
+def test_refine_and_finalize_refuse_bad_predictions_paths_cleanly(synth_root, tmp_path, capsys):
+    from fdhclean.cli import main
+
+    base = ["refine", "--split", "val", "--data-root", str(synth_root),
+            "--part-table", str(synth_root / "parts.npz")]  # fmt: skip
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes('[{"image_id": "café"}]'.encode("latin-1"))
+    for i, (bad, message) in enumerate(
+        [(tmp_path, "is a directory"), (deep, "nested too deeply"), (latin, "not UTF-8")]
+    ):
+        out = tmp_path / f"out{i}"
+        assert main([*base, "--out", str(out), "--predictions", str(bad)]) == 2
+        captured = capsys.readouterr()
+        printed = " ".join((captured.out + captured.err).split())
+        assert message in printed and str(bad) in printed and "Traceback" not in printed
+
+
+def test_finalize_counts_foreign_keys_from_the_store_without_the_json(synth_root, tmp_path):
+    import shutil
+
+    from fdhclean.cli import main
+    from fdhclean.manifest import Manifest
+
+    preds = tmp_path / "preds.json"
+    shutil.copy(synth_root / "predictions_val.json", preds)
+    out = tmp_path / "out"
+    args = ["refine", "--split", "val", "--data-root", str(synth_root), "--out", str(out),
+            "--part-table", str(synth_root / "parts.npz"), "--predictions", str(preds)]  # fmt: skip
+    assert main(args) == 0
+    manifest = out / "val" / "manifest.json"
+    foreign = Manifest.read(manifest).totals["foreign_predictions"]
+    assert foreign > 0  # the synthetic set has predictions for keys outside the split
+    os.unlink(manifest)
+    preds.write_bytes(b"\xff not json any more")  # finalize must not parse it again
+    assert main(["finalize", str(out), "--split", "val"]) == 0
+    assert Manifest.read(manifest).totals["foreign_predictions"] == foreign
