@@ -31,8 +31,9 @@ def _entries(n: int, seed: int = 0, keys: int = 300) -> list[dict]:
 
 
 def test_import_matches_the_in_memory_reader_across_runs_and_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(ps, "BLOCK_ROWS", 97)  # many sorted runs: the k-way merge decides
-    monkeypatch.setattr(ps, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(ps.writer, "BLOCK_ROWS", 97)  # many sorted runs: the k-way merge decides
+    monkeypatch.setattr(ps.writer, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(ps.writer, "MIN_MERGE_BATCH", 5)  # runs are read in several batches
     entries = _entries(1200)
     a, b = tmp_path / "p_0.json", tmp_path / "p_1.json"
     a.write_text(json.dumps(entries[:700]))
@@ -46,6 +47,8 @@ def test_import_matches_the_in_memory_reader_across_runs_and_files(tmp_path, mon
         for key, kps in p.keypoints.items():
             if key not in merged or p.scores[key] > merged[key][1]:
                 merged[key] = (kps, p.scores[key])
+    assert len(list(store.directory.parent.glob("*"))) == 1  # the runs are gone
+    assert store._file.metadata.num_row_groups > 1200 // 97  # several runs were merged
     assert len(store) == len(merged) and store.record["entries"] == 1200
     assert store.record["duplicates"] == 1200 - len(merged)
     keys = sorted(merged, key=int)
@@ -60,7 +63,7 @@ def test_import_matches_the_in_memory_reader_across_runs_and_files(tmp_path, mon
 
 
 def test_lookup_reads_only_the_row_groups_that_can_hold_the_keys(tmp_path, monkeypatch):
-    monkeypatch.setattr(ps, "ROW_GROUP_ROWS", 50)
+    monkeypatch.setattr(ps.writer, "ROW_GROUP_ROWS", 50)
     path = tmp_path / "p.json"
     path.write_text(json.dumps([e | {"image_id": i} for i, e in enumerate(_entries(500))]))
     store = ps.PredictionStore.open(path, cache_dir=tmp_path)
@@ -173,3 +176,48 @@ def test_finalize_counts_foreign_keys_from_the_store_without_the_json(synth_root
     preds.write_bytes(b"\xff not json any more")  # finalize must not parse it again
     assert main(["finalize", str(out), "--split", "val"]) == 0
     assert Manifest.read(manifest).totals["foreign_predictions"] == foreign
+
+
+def test_writer_streams_and_refine_reads_a_store_directly(synth_root, tmp_path, monkeypatch):
+    """`fdhclean estimate --out DIR` writes a store with `open_writer`; refine given that
+    directory gives the same outputs as from the COCO file; a store exports back to COCO."""
+    from test_refine import refine, tree_digest
+
+    monkeypatch.setattr(ps.writer, "BLOCK_ROWS", 10)
+    source = synth_root / "predictions_val.json"
+    entries = list(iter_coco_results(source))
+    store_dir = tmp_path / "preds_val"
+    for attempt in range(2):  # a second write replaces the first
+        writer = ps.open_writer(store_dir, {"estimator": "test"})
+        for e in entries[1 - attempt :]:
+            writer.add(str(e["image_id"]), np.reshape(e["keypoints"], (17, 3)), e["score"])
+        with pytest.raises(ValueError, match="not an integer"):
+            writer.add("abc", np.zeros((17, 3)), 1.0)
+        store = writer.close()
+    assert store.record["entries"] == len(entries) and store.record["estimator"] == "test"
+    assert [p.name for p in tmp_path.iterdir()] == ["preds_val"]
+    assert refine(synth_root, tmp_path / "a") == 0
+    assert refine(synth_root, tmp_path / "b", "--predictions", str(store_dir)) == 0
+    assert tree_digest(tmp_path / "a" / "val") == tree_digest(tmp_path / "b" / "val")
+    back = tmp_path / "back.json"
+    assert ps.export_coco(store, back) == len(store)
+    again = load_predictions(back)
+    original = load_predictions(source)
+    assert sorted(again.keypoints) == sorted(original.keypoints)
+    for key, kps in original.keypoints.items():
+        np.testing.assert_array_equal(again.keypoints[key], kps)
+
+
+def test_coco_writer_is_atomic_and_streams(tmp_path):
+    from fdhclean.estimators.predictions import CocoResultsWriter
+
+    path = tmp_path / "p.json"
+    path.write_text("[]")
+    with pytest.raises(RuntimeError), CocoResultsWriter(path) as writer:
+        writer.add("7", np.ones((17, 3)), 0.5)
+        raise RuntimeError("killed")
+    assert path.read_text() == "[]" and [p.name for p in tmp_path.iterdir()] == ["p.json"]
+    writer = ps.open_writer(path, {})
+    writer.add("0007", np.ones((17, 3)), 0.5)
+    writer.close()
+    assert list(load_predictions(path).keypoints) == ["7"]

@@ -259,8 +259,9 @@ class CocoResultsWriter:
         self._f.write("]")
         self._ctx.__exit__(None, None, None)
 
-    def abort(self, exc: BaseException) -> None:
+    def abort(self, exc: BaseException | None = None) -> None:
         """Drop the temporary file (the target is left as it was)."""
+        exc = exc or RuntimeError("aborted")
         self._ctx.__exit__(type(exc), exc, exc.__traceback__)
 
     def __enter__(self) -> CocoResultsWriter:
