@@ -103,15 +103,24 @@ class PredictionStore:
 
     def lookup(self, keys: Iterable[str | int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found bool (n,), keypoints float32 (n,17,3), score float64 (n,)) for `keys`,
-        reading only the row groups that can hold them; NaN where nothing was found."""
+        reading only the row groups whose min/max can hold them; NaN where none was found."""
         keys = list(keys)
         found = np.zeros(len(keys), dtype=bool)
         kps = np.full((len(keys), 17, 3), np.nan, dtype=np.float32)
         scores = np.full(len(keys), np.nan)
-        for i, key in enumerate(keys):
-            hit = self._find(key)
-            if hit is not None:
-                found[i], kps[i], scores[i] = True, hit[0], hit[1]
+        where, ints = _valid_int_keys(keys)
+        groups = np.searchsorted(self._group_max, ints, side="left")
+        for g in np.unique(groups[groups < len(self._group_max)]).tolist():
+            pick = groups == g
+            group = self._group(g)
+            rows = np.minimum(np.searchsorted(group["key"], ints[pick]), len(group["key"]) - 1)
+            hit = group["key"][rows] == ints[pick]
+            at = where[pick][hit]
+            found[at], kps[at], scores[at] = (
+                True,
+                group["keypoints"][rows[hit]],
+                group["score"][rows[hit]],
+            )
         return found, kps, scores
 
     def get(self, key: str | int) -> np.ndarray | None:
@@ -175,6 +184,17 @@ class StoreEstimates(Mapping):
 
     def __len__(self) -> int:
         return len(self.store)
+
+
+def _valid_int_keys(keys: list) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and int64 values of the keys that are integers (the others match nothing)."""
+    where, ints = [], []
+    for i, key in enumerate(keys):
+        value = int_keys([key])
+        if value:
+            where.append(i)
+            ints.append(value[0])
+    return np.array(where, dtype=np.int64), np.array(ints, dtype=np.int64)
 
 
 def _known_shas(files: list[Path], sha256: Any) -> list[str] | None:
