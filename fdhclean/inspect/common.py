@@ -84,8 +84,8 @@ def _concat(batches: list) -> Any:
     return pa.concat_tables([pa.Table.from_batches([b]) for b in batches])
 
 
-def keypoint_array(column, rows: np.ndarray | None = None) -> np.ndarray:
-    """A report list column -> float32 (N, 17, 3), only the `rows` (bool mask) when given.
+def keypoint_array(column, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+    """A report list column -> `dtype` (N, 17, 3), only the `rows` (bool mask) when given.
 
     Gathers straight from each chunk's offsets and flat values (no per-row objects, no copy of
     the unselected rows); null rows are NaN.
@@ -110,12 +110,12 @@ def keypoint_array(column, rows: np.ndarray | None = None) -> np.ndarray:
         else:
             selected = values[first[:, None] + np.arange(VALUES_PER_SAMPLE)]
         if valid.all():
-            parts.append(selected.astype(np.float32, copy=False))
+            parts.append(selected.astype(dtype, copy=False))
             continue
-        out = np.full((len(picked), VALUES_PER_SAMPLE), np.nan, dtype=np.float32)
+        out = np.full((len(picked), VALUES_PER_SAMPLE), np.nan, dtype=dtype)
         out[valid] = selected
         parts.append(out)
-    flat = np.concatenate(parts) if parts else np.zeros((0, VALUES_PER_SAMPLE), np.float32)
+    flat = np.concatenate(parts) if parts else np.zeros((0, VALUES_PER_SAMPLE), dtype)
     return flat.reshape(-1, NUM_KEYPOINTS, 3)
 
 

@@ -87,7 +87,7 @@ class _Totals:
     new_frac: list[np.ndarray] = field(default_factory=list)
 
     def add(self, table) -> None:
-        ok = _ok_rows(table)
+        ok = ok_rows(table)
         updated = bool_column(table, "updated") & ok
         tie = bool_column(table, "tie") & ok
         self.samples += int(table.num_rows)
@@ -167,7 +167,7 @@ def summarise_blocks(tables: Iterable, split: str = "") -> ReportSummary:
     return ReportSummary(data, orig_frac, new_frac)
 
 
-def _ok_rows(table) -> np.ndarray:
+def ok_rows(table) -> np.ndarray:
     import pyarrow.compute as pc
 
     status = table.column("status")
