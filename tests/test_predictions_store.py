@@ -221,3 +221,22 @@ def test_coco_writer_is_atomic_and_streams(tmp_path):
     writer.add("0007", np.ones((17, 3)), 0.5)
     writer.close()
     assert list(load_predictions(path).keypoints) == ["7"]
+
+
+def test_estimate_command_writes_a_store_and_the_same_as_coco(tiny_vitpose, synth_root, tmp_path):
+    from fdhclean.cli import main
+
+    path, _ = tiny_vitpose
+    base = ["estimate", "--split", "val", "--data-root", str(synth_root), "--estimator",
+            "vitpose-hf", "--checkpoint", str(path), "--workers", "0", "--device", "cpu",
+            "--no-progress", "--batch-size", "3", "--limit", "3"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "preds.json")]) == 0
+    assert main([*base, "--out", str(tmp_path / "store")]) == 0
+    store = ps.PredictionStore.open(tmp_path / "store")
+    coco = load_predictions(tmp_path / "preds.json")
+    assert len(store) == len(coco.keypoints) > 0 and store.record["estimator"] == "vitpose-hf"
+    found, kps, _ = store.lookup(list(coco.keypoints))
+    assert found.all()
+    np.testing.assert_array_equal(kps, np.stack(list(coco.keypoints.values())))
+    meta = json.loads((tmp_path / "store.meta.json").read_text())
+    assert meta["estimated"] == len(store) and meta["errors"]["non-integer-key"] == 0
