@@ -240,3 +240,25 @@ def test_estimate_command_writes_a_store_and_the_same_as_coco(tiny_vitpose, synt
     np.testing.assert_array_equal(kps, np.stack(list(coco.keypoints.values())))
     meta = json.loads((tmp_path / "store.meta.json").read_text())
     assert meta["estimated"] == len(store) and meta["errors"]["non-integer-key"] == 0
+
+
+def test_provenance_names_this_runs_files_when_the_store_is_shared(tmp_path):
+    from fdhclean.refine.estimates import PredictionsSource
+
+    entries = _entries(60)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p_0.json").write_text(json.dumps(entries[:30]))
+        (tmp_path / folder / "p_1.json").write_text(json.dumps(entries[30:]))
+    cache = tmp_path / "shared"
+    first = PredictionsSource(tmp_path / "a" / "p_*.json", cache_dir=cache).provenance()
+    second_source = PredictionsSource(tmp_path / "b" / "p_*.json", cache_dir=cache)
+    second = second_source.provenance()
+    assert len(list(cache.iterdir())) == 1  # imported once
+    assert list(second["predictions_sha256"]) == [
+        str(tmp_path / "b" / f"p_{i}.json") for i in (0, 1)
+    ]
+    assert list(first["predictions_sha256"].values()) == list(second["predictions_sha256"].values())
+    worker = second_source.for_workers()
+    assert worker.provenance() == second
+    assert len(worker.for_shard(tmp_path)) == len({int(e["image_id"]) for e in entries})

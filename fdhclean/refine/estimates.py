@@ -64,10 +64,15 @@ class PredictionsSource:
         return self._store
 
     def provenance(self) -> dict[str, Any]:
+        from fdhclean.predictions_store import is_store, source_files
+
         record = self.store().record
-        sources = {s["path"]: s["sha256"] for s in record.get("sources", [])}
-        if not sources:  # a store written directly by `fdhclean estimate`
+        if is_store(self.path) or not record.get("sources"):  # `fdhclean estimate --out DIR`
             sources = {str(self.path): record["data_sha256"]}
+        else:  # this run's file names (the store may come from an import under other names)
+            files = source_files(self.path)
+            shas = [s["sha256"] for s in record["sources"]]
+            sources = {str(f): sha for f, sha in zip(files, shas, strict=True)}
         self._sha256 = sources
         files = list(sources)
         return {
