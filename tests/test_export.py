@@ -178,3 +178,8 @@ def test_streamed_blocks_give_the_same_bytes_as_one_block(run, tmp_path, monkeyp
     for name, (whole, blocks) in outputs.items():
         assert whole == blocks, name
     assert len(outputs["select"][0]) == 7
+    # the streamed COCO text is what one json.dumps of the whole document gives
+    from fdhclean.inspect.export import chosen_from_report, coco_document
+
+    document = json.dumps(coco_document(chosen_from_report(run)), separators=(",", ":"))
+    assert outputs["coco"][0] == (document + "\n").encode()
