@@ -86,6 +86,15 @@ def test_store_is_imported_once_and_reused(tmp_path):
     writer.add(1, np.zeros((17, 3), np.float32), 0.5)
     assert writer.close().record["entries"] == 50
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.directory.name]
+    # what a killed import left is removed by the next import of the same store
+    stale = tmp_path / "cache" / f".{first.directory.name}.dead.tmp"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "cache" / f".{first.directory.name}.live.tmp"
+    fresh.mkdir()  # a concurrent import in progress: kept
+    ps.StoreWriter(first.directory, {}).abort()
+    assert not stale.exists() and fresh.exists()
+    fresh.rmdir()
     # a recorded sha256 that no longer matches the file is refused, naming it
     path.write_text(json.dumps(_entries(51)))
     with pytest.raises(ValueError, match="changed since"):

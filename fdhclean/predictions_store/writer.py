@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 ROW_GROUP_ROWS = 32768  # ~7 MB of keypoints: a shard's keys touch one or two groups
 BLOCK_ROWS = 262144  # entries held before a sorted run goes to disk (~55 MB)
+STALE_SECONDS = 6 * 3600  # a temporary store directory older than this is a killed import
 MIN_MERGE_BATCH = 1024  # rows per run per merge round, at the least
 _EXAMPLES = 5
 
@@ -58,6 +59,7 @@ class StoreWriter:
         self.directory = Path(directory)
         self.replace = replace  # False: an existing store of the same sources is kept
         self.directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.directory)
         self.tmp = self.directory.parent / f".{self.directory.name}.{uuid.uuid4().hex}.tmp"
         self.tmp.mkdir()
         self.provenance = dict(provenance)
@@ -162,6 +164,19 @@ def _dedupe(keys, kps, scores, seq) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]
     return keys[first], kps[first], scores[first], seq[first]
+
+
+def _remove_stale(directory: Path) -> None:
+    """Remove what a killed import of the same store left (a live one is minutes old: an
+    import of the full train split takes well under an hour)."""
+    import time
+
+    for tmp in directory.parent.glob(f".{directory.name}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue  # another process removed it first
 
 
 def _write_table(path: Path, keys, kps, scores, seq) -> None:
