@@ -1,18 +1,23 @@
-"""Benchmark: `fdhclean report` on a report the size of a full FDH train run (1,829,496 rows).
+"""Benchmark: report, export and inspect on a report the size of a full FDH train run.
 
-Fabricates `OUT/train/report/out-%06d.parquet` (3000 rows per file, like the 610 train shards)
-with the real schema (`fdhclean.refine.report.REPORT_SCHEMA`, zstd, random but consistent
-values: correct masks within considered masks, fracs from the masks, 0.5 % error rows with null
-scores, about 65 % updated), then times `fdhclean report OUT --split train` as a subprocess
-(Python start-up and imports included) and the summary alone in-process.
+Fabricates `OUT/train/report/out-%06d.parquet` (3000 rows per file, like the 610 train shards;
+1,829,496 rows) with the real schema (`fdhclean.refine.report.REPORT_SCHEMA`, zstd, random but
+consistent values: correct masks within considered masks, fracs from the masks, 0.5 % error
+rows with null scores, about 65 % updated) and a `run.json`, then times as subprocesses
+(Python start-up and imports included), each with its wall time, CPU time and peak RSS
+(`/usr/bin/time`): `fdhclean report` (with plots), `fdhclean export --format dp2-json` and
+`--format coco`, and inspect's selection (`select_rows` + `with_keypoints` of a `--where`
+query; the contact sheet itself needs the cleaned shards, which a fabricated report has not).
 
     python bench/report.py                       # 1,829,496 rows in a temporary directory
     python bench/report.py --rows 300000 --keep /tmp/report-bench
+    python bench/report.py --keep /tmp/report-bench --steps report,dp2-json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -92,12 +97,30 @@ def fabricate(out: Path, rows: int, per_file: int, seed: int = 0) -> Path:
     return out
 
 
+def timed(name: str, command: list[str]) -> None:
+    """Run `command` under /usr/bin/time; print wall, CPU and peak RSS."""
+    fmt = "%e %U %S %M"
+    env = {**os.environ, "COLUMNS": "100"}
+    done = subprocess.run(["/usr/bin/time", "-f", fmt, *command], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        print(f"{name}: exit {done.returncode}: {done.stderr.strip()[-500:]}", flush=True)
+        return
+    wall, user, system, kib = done.stderr.strip().splitlines()[-1].split()
+    print(
+        f"{name}: {float(wall):.1f} s wall, {float(user) + float(system):.1f} s CPU, "
+        f"peak RSS {int(kib) / 2**20:.2f} GiB",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=TRAIN_ROWS)
     p.add_argument("--rows-per-file", type=int, default=3000)
     p.add_argument("--keep", type=Path, help="fabricate into (or reuse) this directory")
-    p.add_argument("--repeat", type=int, default=2, help="timed runs of the command")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs of each command")
+    p.add_argument("--steps", default="report,dp2-json,coco,inspect")
     args = p.parse_args(argv)
     tmp = None
     if args.keep is None:
@@ -113,25 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in report.iterdir()) / 2**20
     print(f"report: {len(list(report.iterdir()))} files, {size:.0f} MiB")
 
-    from fdhclean.inspect.summary import summarise_split
-
-    start = time.perf_counter()
-    summary = summarise_split(out / "train")
-    print(
-        f"summary in-process: {time.perf_counter() - start:.2f} s "
-        f"({summary.data['samples']} rows, {summary.data['updated']} updated)"
+    run_json = out / "train" / "run.json"
+    if not run_json.is_file():  # what export reads: the threshold the vote used
+        run_json.write_text(json.dumps({"settings": {"new_min_score": 0.3}}))
+    exe = str(Path(sys.executable).with_name("fdhclean"))
+    select = (
+        "import sys; from pathlib import Path; "
+        "from fdhclean.inspect.select import select_rows, with_keypoints; "
+        "split = Path(sys.argv[1]); "
+        "frame = select_rows(split, where='updated and new_frac - orig_frac > 0.3', limit=16); "
+        "print(len(with_keypoints(split, frame)), 'samples selected')"
     )
-    exe = Path(sys.executable).with_name("fdhclean")
-    command = [str(exe), "report", str(out), "--split", "train"]
-    for i in range(args.repeat):
-        start = time.perf_counter()
-        subprocess.run(
-            command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"}
-        )
-        print(
-            f"`fdhclean report` (run {i + 1}, with plots, as a subprocess): "
-            f"{time.perf_counter() - start:.2f} s"
-        )
+    steps = {
+        "report": [exe, "report", str(out), "--split", "train"],
+        "dp2-json": [exe, "export", str(out), "--split", "train", "--format", "dp2-json",
+                     "--out", str(out / "fdh_keypoints_train.json")],
+        "coco": [exe, "export", str(out), "--split", "train", "--format", "coco",
+                 "--out", str(out / "coco_train.json")],
+        "inspect": [sys.executable, "-c", select, str(out / "train")],
+    }  # fmt: skip
+    for name in filter(None, args.steps.split(",")):
+        for i in range(args.repeat):
+            timed(f"{name} (run {i + 1})", steps[name])
     if tmp is not None:
         tmp.cleanup()
     return 0

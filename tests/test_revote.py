@@ -115,3 +115,50 @@ def test_a_rules_file_that_changed_is_refused_unless_given(synth_root, tmp_path)
     assert revote(split, tmp_path / "given", "--rules", str(rules)) == 0  # used as it is now
     given = Manifest.read(tmp_path / "given" / "val" / "manifest.json").provenance
     assert given["rules"]["nose"] == ["head", "neck"]
+
+
+def export_dp2(split, target) -> bytes:
+    args = ["export", str(split.parent), "--split", "val", "--format", "dp2-json"]
+    assert main([*args, "--out", str(target)]) == 0
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--tie-policy", "original"], ["--new-min-score", "0.95", "--orig-min-score", "0.2"]],
+)
+def test_report_only_overlay_equals_the_full_revote(run, tmp_path, extra):
+    """The overlay of a report-only revote holds exactly what the full revote's cleaned
+    shards hold (its dp2-json export), without reading or writing a shard."""
+    assert revote(run, tmp_path / "full", *extra) == 0
+    full = export_dp2(tmp_path / "full" / "val", tmp_path / "full.json")
+    assert revote(run, tmp_path / "light", "--report-only", *extra) == 0
+    light = tmp_path / "light" / "val"
+    assert sorted(p.name for p in light.iterdir()) == ["fdh_keypoints_val.json",
+                                                       "overlay_manifest.json"]  # fmt: skip
+    assert (light / "fdh_keypoints_val.json").read_bytes() == full
+    record = json.loads((light / "overlay_manifest.json").read_text())
+    expected = Manifest.read(tmp_path / "full" / "val" / "manifest.json").totals
+    assert record["totals"]["updated"] == expected["updated"]
+    assert record["totals"]["samples"] == expected["samples"]
+    assert record["provenance"]["parent"]["path"] == str(run / "manifest.json")
+    assert record["overlay_sha256"] == hashlib.sha256(full).hexdigest()
+    assert (record["totals"]["changed"] == 0) == (extra == [])  # the others change some
+
+
+def test_report_only_overlay_loads_in_training(run, tmp_path):
+    from triagan_model.data.overlay import load_overlay
+
+    assert revote(run, tmp_path / "o", "--report-only", "--tie-policy", "original") == 0
+    overlay = load_overlay(tmp_path / "o" / "val" / "fdh_keypoints_val.json")
+    assert set(overlay) == set(report(run).column("key").to_pylist())
+
+
+def test_report_only_refuses_what_needs_the_maps(run, tmp_path, capsys):
+    for extra, message in (
+        (["--new-min-score", "0.1"], "below the run's 0.3"),
+        (["--rules", str(tmp_path / "r.toml")], "--rules needs the body-part maps"),
+    ):
+        assert revote(run, tmp_path / "x", "--report-only", *extra) == 2
+        assert message in capsys.readouterr().out
+    assert not (tmp_path / "x").exists()

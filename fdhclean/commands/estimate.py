@@ -1,9 +1,12 @@
-"""`fdhclean estimate`: the GPU step alone, writing COCO results (refine-spec section 7).
+"""`fdhclean estimate`: the GPU step alone, writing predictions (refine-spec section 7).
 
 Reads the split's shards (this rank's share), decodes image + E_mask (+ mask when E_mask is
 empty), takes the person box of section 5, runs the estimator and writes
 `[{"image_id", "category_id": 1, "keypoints": [x, y, score] * 17, "score": mean score}]` in
-pixels of the 288x160 image, plus `<out>.meta.json` with the estimator's provenance. Samples
+pixels of the 288x160 image (`--out FILE.json`), or the same entries as a prediction store
+(`--out DIR`: key-sorted parquet that `refine --predictions DIR` reads without an import),
+plus `<out>.meta.json` with the estimator's provenance. Entries are written as they come
+(bounded memory). Samples
 that fail to decode are skipped and counted (refine reports them as no-estimate); a shard that
 cannot be read fails alone and makes the exit code non-zero.
 """
@@ -15,6 +18,8 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
+_ERRORS = ("missing-member", "failed", "non-integer-key", "failed-shards")
 
 
 def register(subparsers) -> None:
@@ -30,7 +35,11 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="local weights (directory or .pth)")
     p.add_argument("--checkpoint-sha256", help="refuse weights with another sha256")
     p.add_argument("--mmpose-config", help="vitpose-mmpose: config file (default: ViTPose-H)")
-    p.add_argument("--out", required=True, help="FILE.json; with --world-size > 1 use {rank}")
+    p.add_argument(
+        "--out", required=True,
+        help="FILE.json (COCO results) or DIR (a prediction store refine reads directly); "
+        "with --world-size > 1 use {rank}",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="crop/decode processes (0: inline)")
     p.add_argument("--device", default="auto")
@@ -75,7 +84,7 @@ def _out_path(out: str, rank: int, world_size: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from fdhclean.estimators import build_estimator, estimate_samples
-    from fdhclean.estimators.predictions import write_predictions
+    from fdhclean.predictions_store import open_writer
     from fdhclean.shards import atomic_write_bytes, list_shards, rank_from_env, shards_for_rank
 
     try:
@@ -92,31 +101,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"estimate: {e}")
         return 2
     counts: Counter = Counter()
-    items = []
+    writer = open_writer(out, {"estimator": estimator.name, "split": args.split, "rank": rank})
     stream = estimate_samples(
         estimator, _samples(shards, counts, args.limit), batch_size=args.batch_size,
         workers=args.workers, progress=args.progress,
     )  # fmt: skip
-    for key, kps in stream:
-        if kps is None:
-            counts["failed"] += 1  # undecodable member or estimator failure
-        else:
-            items.append((key, kps, float(kps[:, 2].mean())))
-    write_predictions(out, items)
+    try:  # entries go to disk as they come (bounded memory), never held for one json.dump
+        for key, kps in stream:
+            if kps is None:
+                counts["failed"] += 1  # undecodable member or estimator failure
+                continue
+            try:
+                writer.add(key, kps, float(kps[:, 2].mean()))
+                counts["estimated"] += 1
+            except ValueError:
+                counts["non-integer-key"] += 1  # no COCO image_id can name it
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     meta = {
         "estimator": estimator.name, "weights_sha256": estimator.weights_sha256,
         "checkpoint": str(args.checkpoint), "flip_test": args.flip_test, "split": args.split,
         "rank": rank, "world_size": world, "shards": [s.name for s in shards],
-        "samples": counts["samples"], "estimated": len(items),
-        "errors": {k: counts[k] for k in ("missing-member", "failed", "failed-shards")},
+        "samples": counts["samples"], "estimated": counts["estimated"],
+        "errors": {k: counts[k] for k in _ERRORS},
         "provenance": estimator.provenance(),  # decoding, frame, dtype: the PoseEstimator says
     }  # fmt: skip
     meta_path = out.with_name(out.name + ".meta.json")
     atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     print(
-        f"estimated {len(items)} of {counts['samples']} samples with {estimator.name} "
+        f"estimated {counts['estimated']} of {counts['samples']} samples with {estimator.name} "
         f"(weights sha256 {estimator.weights_sha256}); skipped: {counts['missing-member']} "
-        f"with a missing member, {counts['failed']} undecodable or failed; "
+        f"with a missing member, {counts['failed']} undecodable or failed, "
+        f"{counts['non-integer-key']} with a non-integer key; "
         f"{counts['failed-shards']} unreadable shards -> {out}"
     )
     return 1 if counts["failed-shards"] else 0

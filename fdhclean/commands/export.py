@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from fdhclean.inspect.export import export
 
     try:
-        chosen = export(split_dir(args.out, args.split), args.fmt, args.target)
+        counts = export(split_dir(args.out, args.split), args.fmt, args.target)
     except (FileNotFoundError, ValueError) as exc:
         print(f"fdhclean export: {exc}")
         return 2
-    print(f"wrote {args.target}: {len(chosen.keys)} samples ({args.fmt})")
-    if chosen.left_out:
-        print(f"left out {chosen.left_out} samples whose keypoints could not be read")
+    print(f"wrote {args.target}: {counts.written} samples ({args.fmt})")
+    if counts.left_out:
+        print(f"left out {counts.left_out} samples whose keypoints could not be read")
     return 0

@@ -15,7 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and write a new version (shards, report, manifest with OUT/SPLIT/manifest.json as "
         "parent, run.json) under OUT2/SPLIT. Unset settings are the parent run's. A sample "
         "that is no longer updated gets its original keypoints.npy back (in the shard's units "
-        "and dtype); samples with an error status stay as they are. Rerunning resumes.",
+        "and dtype); samples with an error status stay as they are. Rerunning resumes. "
+        "--report-only decides again from the report alone (no shard read or written) and "
+        "writes OUT2/SPLIT/fdh_keypoints_SPLIT.json, a keypoint overlay for `triagan train "
+        "--keypoints-overlay`, with OUT2/SPLIT/overlay_manifest.json (settings, counts, "
+        "sha256, parent manifest); it replays a tie policy and thresholds at or above the "
+        "run's, and refuses --rules or lower thresholds, which need the body-part maps.",
     )
     p.add_argument("out", type=Path, help="the refine output root being revoted (OUT)")
     p.add_argument("--split", required=True)
@@ -25,11 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--orig-min-score", type=float)
     p.add_argument("--rules", type=Path, help="TOML keypoint -> accepted parts table")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default 0)")
+    p.add_argument(
+        "--report-only", action="store_true",
+        help="write a keypoint overlay + manifest from the report; no shard is rewritten",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="redo OUT2 made with other settings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        return run_report_only(args)
     from fdhclean.inspect.common import split_dir
     from fdhclean.inspect.revote import revote_settings
     from fdhclean.refine.runner import ConfigurationMismatchError, run_refine, summary_lines
@@ -56,3 +67,26 @@ def run(args: argparse.Namespace) -> int:
         for line in summary_lines(outcome.manifest.totals):
             print(line)
     return outcome.exit_code
+
+
+def run_report_only(args: argparse.Namespace) -> int:
+    from fdhclean.inspect.common import split_dir
+    from fdhclean.inspect.revote import OVERLAY_MANIFEST, write_overlay
+
+    try:
+        record = write_overlay(
+            split_dir(args.out, args.split), args.target, tie_policy=args.tie_policy,
+            new_min_score=args.new_min_score, orig_min_score=args.orig_min_score,
+            rules=args.rules,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"fdhclean revote: {exc}")
+        return 2
+    t = record["totals"]
+    where = args.target / record["split"]
+    print(
+        f"overlay: {where / record['overlay']} ({t['written']} samples, {t['updated']} updated, "
+        f"{t['changed']} decided differently from the run, {t['left_out']} left out without "
+        f"readable keypoints); manifest: {where / OVERLAY_MANIFEST}"
+    )
+    return 0

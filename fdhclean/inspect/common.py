@@ -8,7 +8,7 @@ Python objects.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 from fdhclean.fdh import NUM_KEYPOINTS
 
 VALUES_PER_SAMPLE = 3 * NUM_KEYPOINTS
+REPORT_BLOCK_ROWS = 65536  # rows read at a time: ~30 MB of keypoint columns
 STRING_COLUMNS = ("key", "shard", "status", "error", "box_source", "keypoint_units")
 
 
@@ -49,8 +50,42 @@ def read_report(split: Path, columns: Sequence[str] | None = None):
     return pq.read_table(split / "report", columns=wanted, read_dictionary=dictionary)
 
 
-def keypoint_array(column, rows: np.ndarray | None = None) -> np.ndarray:
-    """A report list column -> float32 (N, 17, 3), only the `rows` (bool mask) when given.
+def report_files(split: Path) -> list[Path]:
+    """The report's parquet files in shard order (temporaries and hidden files left out, as
+    pyarrow's dataset reader does)."""
+    files = (split / "report").glob("*.parquet")
+    return sorted(f for f in files if not f.name.startswith((".", "_")))
+
+
+def iter_report(split: Path, columns: Sequence[str], rows: int | None = None) -> Iterator[Any]:
+    """The report of `OUT/S` as pyarrow tables of about `rows` (REPORT_BLOCK_ROWS) rows, in
+    report order, only `columns`: memory stays bounded by one block whatever the split's size."""
+    rows = rows or REPORT_BLOCK_ROWS
+    import pyarrow.parquet as pq
+
+    dictionary = [c for c in ("status", "box_source", "keypoint_units") if c in columns]
+    pending, count = [], 0
+    for path in report_files(split):
+        reader = pq.ParquetFile(path, read_dictionary=dictionary)
+        for batch in reader.iter_batches(batch_size=rows, columns=list(columns)):
+            pending.append(batch)
+            count += batch.num_rows
+            if count >= rows:
+                yield _concat(pending)
+                pending, count = [], 0
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(batches: list) -> Any:
+    import pyarrow as pa
+
+    # files may differ in schema metadata only; concat_tables does not compare it
+    return pa.concat_tables([pa.Table.from_batches([b]) for b in batches])
+
+
+def keypoint_array(column, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+    """A report list column -> `dtype` (N, 17, 3), only the `rows` (bool mask) when given.
 
     Gathers straight from each chunk's offsets and flat values (no per-row objects, no copy of
     the unselected rows); null rows are NaN.
@@ -75,12 +110,12 @@ def keypoint_array(column, rows: np.ndarray | None = None) -> np.ndarray:
         else:
             selected = values[first[:, None] + np.arange(VALUES_PER_SAMPLE)]
         if valid.all():
-            parts.append(selected.astype(np.float32, copy=False))
+            parts.append(selected.astype(dtype, copy=False))
             continue
-        out = np.full((len(picked), VALUES_PER_SAMPLE), np.nan, dtype=np.float32)
+        out = np.full((len(picked), VALUES_PER_SAMPLE), np.nan, dtype=dtype)
         out[valid] = selected
         parts.append(out)
-    flat = np.concatenate(parts) if parts else np.zeros((0, VALUES_PER_SAMPLE), np.float32)
+    flat = np.concatenate(parts) if parts else np.zeros((0, VALUES_PER_SAMPLE), dtype)
     return flat.reshape(-1, NUM_KEYPOINTS, 3)
 
 

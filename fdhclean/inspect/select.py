@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fdhclean.inspect.common import read_report
+from fdhclean.inspect.common import iter_report, read_report
 from fdhclean.parts import PartTable
 from fdhclean.refine.report import REPORT_COLUMNS
 
@@ -24,26 +24,53 @@ SCALAR_COLUMNS = tuple(c for c in REPORT_COLUMNS if c not in LIST_COLUMNS)
 def select_rows(
     split: Path, where: str | None = None, keys: Sequence[str] | None = None, limit: int = 16
 ):
-    """Report rows (pandas, report order) matching `where` and/or `keys`, at most `limit`."""
-    frame = read_report(split, SCALAR_COLUMNS).to_pandas()
-    for name in ("status", "box_source", "keypoint_units"):
-        frame[name] = frame[name].astype(str)
-    if keys:  # matched as integers (COCO image ids), so "0561566632" finds "561566632"
-        wanted = {_canonical(k): k for k in keys}
-        present = frame["key"].map(_canonical)
-        missing = sorted(k for c, k in wanted.items() if c not in set(present))
+    """Report rows (pandas, report order) matching `where` and/or `keys`, at most `limit`.
+
+    The report is read a block of rows at a time (scalar columns only) and reading stops once
+    `limit` rows matched (and every wanted key was seen), so memory stays bounded; `where` is
+    evaluated per block (an aggregate such as `new_frac > new_frac.mean()` is a block's)."""
+    import pandas as pd
+
+    wanted = {_canonical(k): k for k in keys} if keys else None
+    seen: set[str] = set()
+    found, count = [], 0
+    for table in iter_report(split, SCALAR_COLUMNS):
+        frame = _scalar_frame(table)
+        if wanted is not None:  # matched as integers (COCO image ids): "0561566632" finds it
+            present = frame["key"].map(_canonical)
+            inside = present.isin(set(wanted))
+            seen.update(present[inside])
+            frame = frame[inside]
+        if where and len(frame):
+            frame = _query(frame, where)
+        found.append(frame)
+        count += len(frame)
+        if count >= limit and (wanted is None or len(seen) == len(wanted)):
+            break
+    if wanted is not None:
+        missing = sorted(k for c, k in wanted.items() if c not in seen)
         if missing:
             raise KeyError(f"keys not in {split / 'report'}: {', '.join(missing[:10])}")
-        frame = frame[present.isin(set(wanted))]
-    if where:
-        try:
-            frame = frame.query(where, engine="python")
-        except Exception as exc:  # noqa: BLE001 - re-raised with the expression and the columns
-            raise ValueError(
-                f"--where {where!r} failed ({type(exc).__name__}: {exc}); columns: "
-                f"{', '.join(SCALAR_COLUMNS)}"
-            ) from exc
-    return frame.head(limit)
+    if not found:
+        return _scalar_frame(read_report(split, SCALAR_COLUMNS)).head(0)
+    return pd.concat(found, ignore_index=True).head(limit)
+
+
+def _scalar_frame(table):
+    frame = table.to_pandas()
+    for name in ("status", "box_source", "keypoint_units"):
+        frame[name] = frame[name].astype(str)
+    return frame
+
+
+def _query(frame, where: str):
+    try:
+        return frame.query(where, engine="python")
+    except Exception as exc:  # noqa: BLE001 - re-raised with the expression and the columns
+        raise ValueError(
+            f"--where {where!r} failed ({type(exc).__name__}: {exc}); columns: "
+            f"{', '.join(SCALAR_COLUMNS)}"
+        ) from exc
 
 
 def with_keypoints(split: Path, frame) -> list[dict[str, Any]]:

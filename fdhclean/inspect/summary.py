@@ -10,7 +10,9 @@ displacement). Only the needed columns are read; everything is vectorised numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,8 @@ from fdhclean.fdh import COCO_KEYPOINTS, IMAGE_H, IMAGE_W, NUM_KEYPOINTS
 from fdhclean.inspect.common import (
     bool_column,
     int_column,
+    iter_report,
     keypoint_array,
-    read_report,
     value_counts,
 )
 from fdhclean.refine.sample import ERROR_STATUSES, STATUS_OK
@@ -68,57 +70,95 @@ def keypoint_counts(masks: np.ndarray) -> np.ndarray:
     return counts[:NUM_KEYPOINTS].astype(np.int64)
 
 
-def displacement(orig: np.ndarray, new: np.ndarray, both: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per keypoint: (number of pairs, mean pixel distance) over the pairs flagged in `both`,
-    and the flagged distances. `orig`, `new`: normalised (N, 17, >=2); `both`: bool (N, 17)."""
+@dataclass
+class _Totals:
+    """What a summary adds up over blocks of rows (so the report is read a block at a time)."""
+
+    samples: int = 0
+    ok: int = 0
+    updated: int = 0
+    ties: int = 0
+    ties_updated: int = 0
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    pairs: np.ndarray = field(default_factory=lambda: np.zeros(NUM_KEYPOINTS, np.int64))
+    dist_sums: np.ndarray = field(default_factory=lambda: np.zeros(NUM_KEYPOINTS))
+    values: dict[str, Counter] = field(default_factory=dict)
+    orig_frac: list[np.ndarray] = field(default_factory=list)
+    new_frac: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, table) -> None:
+        ok = ok_rows(table)
+        updated = bool_column(table, "updated") & ok
+        tie = bool_column(table, "tie") & ok
+        self.samples += int(table.num_rows)
+        self.ok += int(ok.sum())
+        self.updated += int(updated.sum())
+        self.ties += int(tie.sum())
+        self.ties_updated += int((tie & updated).sum())
+        masks = {name: int_column(table, name)[ok] for name in MASK_COLUMNS}
+        for name, m in masks.items():
+            self.counts[name] = self.counts.get(name, 0) + keypoint_counts(m)
+        orig = keypoint_array(table.column("orig_keypoints"), updated)
+        new = keypoint_array(table.column("new_keypoints"), updated)
+        upd = updated[ok]
+        both_mask = masks["orig_considered_mask"][upd] & masks["new_considered_mask"][upd]
+        both = (both_mask[:, None] >> np.arange(NUM_KEYPOINTS)) & 1 == 1
+        dist = pixel_distance(orig, new)
+        self.pairs += both.sum(axis=0)
+        self.dist_sums += np.where(both, dist, 0.0).sum(axis=0, dtype=np.float64)
+        for name in ("status", "box_source", "keypoint_units"):
+            self.values.setdefault(name, Counter()).update(value_counts(table, name))
+        self.orig_frac.append(np.asarray(table.column("orig_frac").filter(ok), dtype=np.float64))
+        self.new_frac.append(np.asarray(table.column("new_frac").filter(ok), dtype=np.float64))
+
+
+def pixel_distance(orig: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Per keypoint pixel distance between normalised (N, 17, >=2) keypoint sets."""
     # float32 differences of normalised coordinates are exact to ~1e-4 px: plenty for a mean
-    dist = np.hypot((orig[..., 0] - new[..., 0]) * IMAGE_W, (orig[..., 1] - new[..., 1]) * IMAGE_H)
-    counts = both.sum(axis=0)
-    sums = np.where(both, dist, 0.0).sum(axis=0, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return counts, means, dist[both].astype(np.float64)
+    return np.hypot((orig[..., 0] - new[..., 0]) * IMAGE_W, (orig[..., 1] - new[..., 1]) * IMAGE_H)
 
 
 def summarise_table(table, split: str = "") -> ReportSummary:
     """Summary numbers of a report table (any row order; error rows have null scores)."""
-    ok = _ok_rows(table)
-    updated = bool_column(table, "updated") & ok
-    tie = bool_column(table, "tie") & ok
-    samples = int(table.num_rows)
-    masks = {name: int_column(table, name)[ok] for name in MASK_COLUMNS}
-    counts = {name: keypoint_counts(m) for name, m in masks.items()}
-    orig = keypoint_array(table.column("orig_keypoints"), updated)
-    new = keypoint_array(table.column("new_keypoints"), updated)
-    upd = updated[ok]
-    both_mask = masks["orig_considered_mask"][upd] & masks["new_considered_mask"][upd]
-    both = (both_mask[:, None] >> np.arange(NUM_KEYPOINTS)) & 1 == 1
-    pairs, means, all_dist = displacement(orig, new, both)
+    return summarise_blocks([table], split)
+
+
+def summarise_blocks(tables: Iterable, split: str = "") -> ReportSummary:
+    """Summary numbers of a report given as blocks of rows (see `iter_report`)."""
+    t = _Totals()
+    for table in tables:
+        t.add(table)
+    counts = {name: t.counts.get(name, np.zeros(NUM_KEYPOINTS, np.int64)) for name in MASK_COLUMNS}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(t.pairs > 0, t.dist_sums / np.maximum(t.pairs, 1), np.nan)
+    pairs = int(t.pairs.sum())
     errors = {code: 0 for code in ERROR_STATUSES}
-    errors.update({k: v for k, v in value_counts(table, "status").items() if k != STATUS_OK})
-    orig_frac = np.asarray(table.column("orig_frac").filter(ok), dtype=np.float64)
-    new_frac = np.asarray(table.column("new_frac").filter(ok), dtype=np.float64)
+    statuses = dict(sorted(t.values.get("status", Counter()).items()))
+    errors.update({k: v for k, v in statuses.items() if k != STATUS_OK})
+    orig_frac = np.concatenate(t.orig_frac) if t.orig_frac else np.zeros(0)
+    new_frac = np.concatenate(t.new_frac) if t.new_frac else np.zeros(0)
+    samples = t.samples
     data = {
         "split": split,
         "samples": samples,
-        "ok": int(ok.sum()),
-        "updated": int(updated.sum()),
-        "updated_pct": 100.0 * int(updated.sum()) / samples if samples else 0.0,
-        "ties": int(tie.sum()),
-        "ties_updated": int((tie & updated).sum()),
+        "ok": t.ok,
+        "updated": t.updated,
+        "updated_pct": 100.0 * t.updated / samples if samples else 0.0,
+        "ties": t.ties,
+        "ties_updated": t.ties_updated,
         "errors": dict(sorted(errors.items())),
-        "box_sources": value_counts(table, "box_source"),
-        "keypoint_units": value_counts(table, "keypoint_units"),
+        "box_sources": dict(sorted(t.values.get("box_source", Counter()).items())),
+        "keypoint_units": dict(sorted(t.values.get("keypoint_units", Counter()).items())),
         "orig_frac_mean": float(orig_frac.mean()) if orig_frac.size else None,
         "new_frac_mean": float(new_frac.mean()) if new_frac.size else None,
-        "mean_displacement_px": float(all_dist.mean()) if all_dist.size else None,
+        "mean_displacement_px": float(t.dist_sums.sum() / pairs) if pairs else None,
         "keypoints": {
             name: {
                 "orig_considered": int(counts["orig_considered_mask"][k]),
                 "orig_correct": int(counts["orig_correct_mask"][k]),
                 "new_considered": int(counts["new_considered_mask"][k]),
                 "new_correct": int(counts["new_correct_mask"][k]),
-                "displacement_pairs": int(pairs[k]),
+                "displacement_pairs": int(t.pairs[k]),
                 "mean_displacement_px": None if np.isnan(means[k]) else float(means[k]),
             }
             for k, name in enumerate(COCO_KEYPOINTS)
@@ -127,7 +167,7 @@ def summarise_table(table, split: str = "") -> ReportSummary:
     return ReportSummary(data, orig_frac, new_frac)
 
 
-def _ok_rows(table) -> np.ndarray:
+def ok_rows(table) -> np.ndarray:
     import pyarrow.compute as pc
 
     status = table.column("status")
@@ -137,8 +177,9 @@ def _ok_rows(table) -> np.ndarray:
 
 
 def summarise_split(split: Path) -> ReportSummary:
-    """Read the needed columns of `OUT/S/report` and summarise them."""
-    return summarise_table(read_report(split, COLUMNS), split=split.name)
+    """Read the needed columns of `OUT/S/report`, a block of rows at a time (bounded memory
+    whatever the split's size), and summarise them."""
+    return summarise_blocks(iter_report(split, COLUMNS), split=split.name)
 
 
 def print_summary(data: dict[str, Any], console) -> None:

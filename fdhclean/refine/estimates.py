@@ -1,13 +1,12 @@
 """Where a refine run's estimates come from: a COCO results file, or a pose model run here.
 
 Both give, per shard, a mapping key -> (17,3) pixel coordinates of the 288x160 image + score.
-A predictions file is loaded once per process (workers load their own copy); a model runs in
+A predictions file is imported once into a columnar store that every process reads; a model runs in
 the main process (on the GPU) while worker processes vote and write the previous shards.
 """
 
 from __future__ import annotations
 
-import glob
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -62,86 +61,66 @@ class EstimateSource(Protocol):
 
 
 class PredictionsSource:
-    """Precomputed predictions (`--predictions FILE.json`, COCO results format).
+    """Precomputed predictions (`--predictions FILE.json`, COCO results format, or a
+    prediction store directory written by `fdhclean estimate`).
 
     The path may be a glob (e.g. `preds/val_*.json` for the per-rank files of
     `fdhclean estimate --world-size N`): the files are merged, the highest score winning.
+    JSON is imported once into a columnar store under `cache_dir` (keyed by the files'
+    sha256, `fdhclean.predictions_store`); every worker and finalize reads that store.
     """
 
-    def __init__(self, path: Path, sha256: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sha256: dict[str, str] | str | None = None,
+        cache_dir: Path | None = None,
+        store_dir: Path | None = None,
+    ) -> None:
         self.path = Path(path)
         self._sha256 = sha256
-        self._lookup: _PredictionLookup | None = None
+        self.cache_dir = cache_dir
+        self._store_dir = store_dir
+        self._store = None
 
-    def files(self) -> list[Path]:
-        if not glob.has_magic(str(self.path)):
-            return [self.path]
-        files = sorted(Path(p) for p in glob.glob(str(self.path)))
-        if not files:
-            raise FileNotFoundError(f"no predictions file matches {self.path}")
-        return files
+    def store(self):
+        if self._store is None:
+            from fdhclean.predictions_store import PredictionStore
 
-    def _load(self) -> None:
-        from fdhclean.estimators.predictions import load_predictions
-
-        loaded = [load_predictions(path) for path in self.files()]
-        self._lookup = _PredictionLookup(loaded)
-        self._sha256 = {str(path): p.sha256 for path, p in zip(self.files(), loaded, strict=True)}
+            where = self._store_dir or self.path
+            self._store = PredictionStore.open(where, self.cache_dir, self._sha256)
+            self._store_dir = self._store.directory
+        return self._store
 
     def provenance(self) -> dict[str, Any]:
-        if self._sha256 is None:
-            self._load()
-        files = list(self._sha256)
+        from fdhclean.predictions_store import is_store, source_files
+
+        record = self.store().record
+        if is_store(self.path) or not record.get("sources"):  # `fdhclean estimate --out DIR`
+            sources = {str(self.path): record["data_sha256"]}
+        else:  # this run's file names (the store may come from an import under other names)
+            files = source_files(self.path)
+            shas = [s["sha256"] for s in record["sources"]]
+            sources = {str(f): sha for f, sha in zip(files, shas, strict=True)}
+        self._sha256 = sources
+        files = list(sources)
         return {
             "name": "predictions",
             "predictions": str(self.path),
             # one file: its hash as a string (the common case); several: path -> hash
-            "predictions_sha256": self._sha256[files[0]] if len(files) == 1 else self._sha256,
+            "predictions_sha256": sources[files[0]] if len(files) == 1 else sources,
         }
 
     def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
         return (ShardEstimates(path) for path in shards)  # looked up where it is processed
 
     def for_shard(self, shard_path: Path) -> Estimates:
-        if self._lookup is None:
-            self._load()
-        return Estimates(self._lookup, integer_keys=True)
-
-    def keys(self) -> set[str]:
-        if self._lookup is None:
-            self._load()
-        return set(self._lookup)
+        return Estimates(self.store().as_mapping(), integer_keys=True)
 
     def for_workers(self) -> PredictionsSource:
-        return PredictionsSource(self.path, self._sha256)  # unloaded: cheap to pickle
-
-
-class _PredictionLookup(Mapping):
-    """Sample key -> (17,3) prediction, matched as COCO image ids (str(int(key)), so keys
-    with leading zeros still match); across several files the highest `score` wins."""
-
-    def __init__(self, predictions: list) -> None:
-        self._keypoints: dict[str, np.ndarray] = {}
-        best: dict[str, float] = {}
-        for p in predictions:
-            for key, kp in p.keypoints.items():
-                score = p.scores.get(key, float("-inf"))
-                if key not in best or score > best[key]:
-                    self._keypoints[key], best[key] = kp, score
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        from fdhclean.estimators.predictions import canonical_key
-
-        try:
-            return self._keypoints[canonical_key(key)]
-        except ValueError:
-            raise KeyError(key) from None
-
-    def __iter__(self):
-        return iter(self._keypoints)
-
-    def __len__(self) -> int:
-        return len(self._keypoints)
+        # the opened store's directory: workers open it (metadata only), never re-import
+        self.store()
+        return PredictionsSource(self.path, self._sha256, self.cache_dir, self._store_dir)
 
 
 class ModelSource:
@@ -301,5 +280,8 @@ def open_estimate_source(settings: RefineSettings) -> EstimateSource:
     if settings.revote:
         return ReportEstimates(settings.data_root / settings.split)
     if settings.predictions is not None:
-        return PredictionsSource(settings.predictions)
+        from fdhclean.predictions_store import store_cache_dir
+
+        cache = store_cache_dir(settings.split_out)
+        return PredictionsSource(settings.predictions, cache_dir=cache)
     return ModelSource(settings)

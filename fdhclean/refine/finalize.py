@@ -166,20 +166,17 @@ def _split_keys(split_out: Path) -> list[str]:
 
 
 def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
-    """Prediction entries for keys that are not in the split (counted, not an error)."""
-    path = record["provenance"].get("estimator", {}).get("predictions")
+    """Prediction entries for keys that are not in the split (counted, not an error), from
+    the prediction store refine used: the JSON is not parsed again."""
+    estimator = record["provenance"].get("estimator", {})
+    path = estimator.get("predictions")
     if not path:
         return None
-    from fdhclean.estimators.predictions import canonical_key
-    from fdhclean.refine.estimates import PredictionsSource
+    from fdhclean.predictions_store import PredictionStore, store_cache_dir
 
-    split_keys = set()
-    for key in _split_keys(split_out):
-        try:
-            split_keys.add(canonical_key(key))
-        except ValueError:  # not an integer: no prediction can be for it (its row says so)
-            continue
-    return len(PredictionsSource(Path(path)).keys() - split_keys)
+    sha256 = estimator.get("predictions_sha256")
+    store = PredictionStore.open(Path(path), store_cache_dir(split_out), sha256)
+    return store.keys_outside(_split_keys(split_out))
 
 
 def license_counts(data_root: Path, keys: list[str]) -> dict[str, int] | None:
