@@ -270,4 +270,4 @@ def test_provenance_names_this_runs_files_when_the_store_is_shared(tmp_path):
     assert list(first["predictions_sha256"].values()) == list(second["predictions_sha256"].values())
     worker = second_source.for_workers()
     assert worker.provenance() == second
-    assert len(worker.for_shard(tmp_path)) == len({int(e["image_id"]) for e in entries})
+    assert len(worker.for_shard(tmp_path).lookup) == len({int(e["image_id"]) for e in entries})
