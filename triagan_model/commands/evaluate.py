@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from triagan_model import evaluation as E
     from triagan_model.data.manifest import manifest_sha256
     from triagan_model.devices import resolve_device
+    from triagan_model.metrics.clip_loader import ClipWeightsError
     from triagan_model.weights import WeightsError, load_generator, read_weights_dir
 
     try:
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                    keypoints_results=args.keypoints_results, truncation=0.0,
                                    **info)  # fmt: skip
             print(f"oks: {value:.4f} over {n} samples -> {path}")
-    except WeightsError as exn:  # the user's weights directory: exit 2, naming the file
+    except (WeightsError, ClipWeightsError) as exn:  # the user's files: exit 2, naming them
         print(f"triagan evaluate: error: {exn}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, KeyError) as exn:
