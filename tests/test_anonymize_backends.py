@@ -142,3 +142,30 @@ def test_pose_backend_from_entry_point(fake_distribution):
         build_pose("no-such-pose", "ckpt")
     with pytest.raises(PoseError, match="--pose-weights"):
         build_pose("fake-pose", None)
+
+
+def test_vitpose_hf_through_the_installed_entry_point(tiny_vitpose):
+    """The real plugin path: pyproject registers fdhclean's builders in the entry-point group,
+    the anonymiser finds `vitpose-hf` there (no import crosses the packages), and its keypoints
+    for N boxes of one frame are what fdhclean's estimator gives for the same boxes."""
+    checkpoint, _ = tiny_vitpose
+    assert "vitpose-hf" in available(), "reinstall the project: `pip install -e .` (entry points)"
+    pose = build_pose("vitpose-hf", str(checkpoint), device="cpu", batch_size=4)
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (180, 320, 3), dtype=np.uint8)
+    masks = []
+    for x0, y0, w, h in ((10, 20, 60, 140), (150, 5, 90, 170), (260, 60, 50, 100)):
+        m = np.zeros((180, 320), bool)
+        m[y0 : y0 + h, x0 : x0 + w] = True
+        masks.append(m)
+    anon = Anonymizer(ConstantG(), pose=pose, settings=AnonymizeSettings(keypoint_threshold=0.0))
+    res = anon.image(frame, persons=[Person(m) for m in masks], key="vit.png")
+    assert [r["status"] for r in res.persons] == ["anonymized"] * 3
+    from fdhclean.estimators import build_vitpose_hf  # the test may use both packages
+
+    direct = build_vitpose_hf(checkpoint, device="cpu", batch_size=4)
+    boxes = np.array([[10, 20, 70, 160], [150, 5, 240, 175], [260, 60, 310, 160]], np.float64)
+    expected = direct.estimate_boxes(frame, boxes)
+    assert expected.shape == (3, 17, 3) and np.isfinite(expected).all()
+    assert pose.provenance() == direct.provenance()
+    assert np.array_equal(pose.estimate_boxes(frame, boxes), expected)
