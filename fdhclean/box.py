@@ -44,7 +44,7 @@ def person_boxes(emasks: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, lis
     return boxes.astype(np.int64), [BOX_SOURCES[i] for i in source_idx]
 
 
-def _box(region: np.ndarray) -> tuple[int, int, int, int] | None:
+def region_box(region: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the True pixels of one (H,W) region, exclusive max; None if empty."""
     rows = np.flatnonzero(region.any(axis=1))
     if rows.size == 0:
@@ -60,10 +60,10 @@ def person_box(emask: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, int, int
     runs once per sample in refine).
     """
     emask = np.asarray(emask).astype(bool, copy=False)
-    box = _box(emask)
+    box = region_box(emask)
     if box is not None:
         return box, BOX_SOURCES[0]
-    box = _box(~np.asarray(mask).astype(bool, copy=False))
+    box = region_box(~np.asarray(mask).astype(bool, copy=False))
     if box is not None:
         return box, BOX_SOURCES[1]
     h, w = emask.shape

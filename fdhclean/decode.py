@@ -26,6 +26,7 @@ from fdhclean.fdh import (
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
+from fdhclean.mask_png import grey_values
 
 FDH_SHAPE: tuple[int, int] = (IMAGE_H, IMAGE_W)
 KEYPOINTS_SHAPE: tuple[int, int] = (NUM_KEYPOINTS, 3)
@@ -125,6 +126,9 @@ def decode_image(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.n
 
 def decode_mask(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """A 1-channel mask PNG -> bool (H, W), `value > 0` (stored 0/1 or 0/255, fdh-format.md)."""
+    values = grey_values(data, shape)  # plain grey PNGs without PIL (same values, faster)
+    if values is not None:
+        return values > 0
     image = _open_png(data, shape)
     if len(image.getbands()) != 1:
         raise ValueError(f"mask has mode {image.mode!r}, expected a 1-channel PNG")
@@ -156,6 +160,11 @@ def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
 
 def decode_npy(data: bytes) -> np.ndarray:
     """Load one `.npy` member without pickle; ValueError when it is not a plain array."""
+    return _npy_view(data).copy()  # writable, and independent of the member's bytes
+
+
+def _npy_view(data: bytes) -> np.ndarray:
+    """`decode_npy` without the copy: a read-only view of the member's bytes."""
     try:
         if data[:6] != b"\x93NUMPY" or len(data) < 10:
             raise ValueError("not a .npy file (bad magic)")
@@ -166,15 +175,25 @@ def decode_npy(data: bytes) -> np.ndarray:
             raise ValueError("object arrays (pickled .npy) are refused")
         count = math.prod(shape)
         flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-        array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+        return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     except (ValueError, OSError, EOFError, TypeError) as exc:
         raise ValueError(f"undecodable .npy ({len(data)} bytes): {exc}") from exc
-    return array.copy()  # writable, and independent of the member's bytes
 
 
 def decode_vertices(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
     """`vertices.npy` -> int32 (H, W) CSE vertex ids; (1, H, W) and any integer dtype accepted."""
-    array = decode_npy(data)
+    return vertex_map(data, shape).astype(np.int32)
+
+
+def vertex_map(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> np.ndarray:
+    """`vertices.npy` as a read-only (H, W) view in its stored integer dtype, with every check
+    of `decode_vertices` (so the same members are refused, with the same messages), but no
+    copy and no int32 conversion: refine reads only a few pixels of it.
+
+    The int32 range is checked over the whole map only for dtypes that can exceed it (uint32,
+    (u)int64): for the others every value fits, so the check could not fail.
+    """
+    array = _npy_view(data)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -182,10 +201,11 @@ def decode_vertices(data: bytes, shape: tuple[int, int] | None = FDH_SHAPE) -> n
     _check_shape("vertices", array.shape, shape)
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"vertices have dtype {array.dtype}, expected an integer dtype")
-    info = np.iinfo(np.int32)
-    if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+    info, own = np.iinfo(np.int32), np.iinfo(array.dtype)
+    wide = own.min < info.min or own.max > info.max
+    if wide and array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
         raise ValueError(f"vertex ids outside the int32 range (dtype {array.dtype})")
-    return array.astype(np.int32, copy=False)
+    return array
 
 
 def decode_keypoints(data: bytes) -> np.ndarray:
@@ -198,10 +218,26 @@ def decode_keypoints(data: bytes) -> np.ndarray:
 
 
 def encode_npy(array: np.ndarray) -> bytes:
-    """`np.save` to bytes (no pickle), the inverse of `decode_npy`."""
+    """`np.save` to bytes (no pickle), the inverse of `decode_npy`: the same bytes as
+    `np.save`, with the header of each (shape, dtype, order) built once (refine writes three
+    small arrays per sample; `np.save` rebuilds and re-validates the header every time)."""
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are not written (no pickle)")
+    fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
+    header = _npy_save_header(array.shape, array.dtype, fortran)
+    return header + array.tobytes(order="F" if fortran else "C")
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_save_header(shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> bytes:
+    """The header `np.save` writes for such an array: `np.save` of a zero array of the same
+    shape, dtype and order, its data cut off (so it is `np.save`'s own header, exactly)."""
+    template = np.zeros(shape, dtype=dtype, order="F" if fortran else "C")
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    np.save(buffer, template, allow_pickle=False)
+    saved = buffer.getvalue()
+    return saved[: len(saved) - template.nbytes]
 
 
 def encode_png(array: np.ndarray) -> bytes:

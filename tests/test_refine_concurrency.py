@@ -136,7 +136,7 @@ def test_sigkill_of_the_main_process_takes_the_workers_with_it(synth_copy, tmp_p
 def test_sigterm_abandons_cleanly_and_the_rerun_completes(synth_copy, tmp_path):
     import signal
 
-    _more_shards(synth_copy)
+    _more_shards(synth_copy, copies=12)  # long enough that the signal comes before the end
     clean = tmp_path / "clean"
     assert main(refine_argv(synth_copy, clean)) == 0
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -19,10 +20,11 @@ import numpy as np
 
 from fdhclean.estimators.inputs import decode_for_pose
 from fdhclean.estimators.protocol import PoseEstimator, TopDownStages
+from fdhclean.refine.signals import become_worker  # (stdlib only: no refine machinery)
 
 # key, uint8 (H, W, 3) RGB image, int (4,) box -- or key, raw members, None (decoded in the
 # workers by `inputs.decode_for_pose`)
-Sample = tuple[str, np.ndarray | Mapping[str, bytes], np.ndarray | None]
+PoseInput = tuple[str, np.ndarray | Mapping[str, bytes], np.ndarray | None]
 Result = tuple[str, "np.ndarray | None"]  # None: the estimator failed on this sample
 
 
@@ -35,7 +37,7 @@ class _InlineExecutor(Executor):
         return future
 
 
-def _prepare(preprocess: Callable, items: list[Sample]):
+def _prepare(preprocess: Callable, items: list[PoseInput]):
     """Worker: crop + normalise one batch; a sample that fails becomes None (reported)."""
     keys, inputs, metas = [], [], []
     for key, image, box in items:
@@ -58,7 +60,7 @@ def _decode(decode: Callable, keys, heatmaps, metas, ok) -> list[Result]:
     return [(key, next(found) if good else None) for key, good in zip(keys, ok, strict=True)]
 
 
-def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+def _batches(samples: Iterable[PoseInput], size: int) -> Iterator[list[PoseInput]]:
     it = iter(samples)
     while batch := list(itertools.islice(it, size)):
         yield batch
@@ -108,9 +110,9 @@ def _predict(predict_heatmaps: Callable, inputs: list) -> tuple[np.ndarray, list
         return (np.stack(maps) if maps else np.zeros((0,))), ok
 
 
-def _decoded(batch: list[Sample]) -> list[Sample | None]:
+def _decoded(batch: list[PoseInput]) -> list[PoseInput | None]:
     """Decode raw samples here (backends without crop workers); None where undecodable."""
-    out: list[Sample | None] = []
+    out: list[PoseInput | None] = []
     for key, image, box in batch:
         try:
             out.append((key, *decode_for_pose(image)) if box is None else (key, image, box))
@@ -146,7 +148,7 @@ def _plain(estimator: PoseEstimator, batches) -> Iterator[list[Result]]:
 
 def estimate_samples(
     estimator: PoseEstimator,
-    samples: Iterable[Sample],
+    samples: Iterable[PoseInput],
     *,
     batch_size: int = 32,
     workers: int = 0,
@@ -167,7 +169,14 @@ def estimate_samples(
     if stages is not None:
         if workers > 0:
             ctx = multiprocessing.get_context("spawn")
-            pool: Executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            # Each crop worker dies with this process (SIGKILL included), never left blocked
+            # on its queue, reparented to init, holding memory.
+            pool: Executor = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=ctx,
+                initializer=become_worker,
+                initargs=(os.getpid(),),
+            )
         else:
             pool = _InlineExecutor()
         stream = _pipelined(stages, batches, pool, depth=max(2, 2 * workers))

@@ -8,7 +8,7 @@ the main process (on the GPU) while worker processes vote and write the previous
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,9 +26,18 @@ class Estimates:
     lookup: Mapping[str, np.ndarray]
     normalized: bool = False
     integer_keys: bool = False  # keys matched as COCO image ids (a predictions file)
+    # keys -> their estimates (None: none) in one call, where the source has a faster way
+    # than one `lookup.get` per key (a prediction store: one search per block of keys)
+    many: Callable[[Sequence[str]], list[np.ndarray | None]] | None = None
 
     def get(self, key: str) -> np.ndarray | None:
         return self.lookup.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        """`[self.get(k) for k in keys]`, in one call where the source can."""
+        if self.many is not None:
+            return self.many(keys)
+        return [self.lookup.get(key) for key in keys]
 
     def missing_reason(self, key: str) -> str:
         """Why `key` has no estimate, for its report row."""
@@ -115,12 +124,24 @@ class PredictionsSource:
         return (ShardEstimates(path) for path in shards)  # looked up where it is processed
 
     def for_shard(self, shard_path: Path) -> Estimates:
-        return Estimates(self.store().as_mapping(), integer_keys=True)
+        store = self.store()
+        return Estimates(store.as_mapping(), integer_keys=True, many=_store_lookup(store))
 
     def for_workers(self) -> PredictionsSource:
         # the opened store's directory: workers open it (metadata only), never re-import
         self.store()
         return PredictionsSource(self.path, self._sha256, self.cache_dir, self._store_dir)
+
+
+def _store_lookup(store) -> Callable[[Sequence[str]], list[np.ndarray | None]]:
+    """A block of keys looked up in the store at once (`PredictionStore.lookup`: the same
+    rows `get` finds, one search per row group instead of one per key)."""
+
+    def many(keys: Sequence[str]) -> list[np.ndarray | None]:
+        found, kps, _scores = store.lookup(keys)
+        return [kp if hit else None for kp, hit in zip(kps, found.tolist(), strict=True)]
+
+    return many
 
 
 class ModelSource:

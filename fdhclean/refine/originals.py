@@ -12,6 +12,7 @@ run bit for bit (style.md point 3).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +27,10 @@ from fdhclean.shards import (
     decode_keypoints,
     encode_npy,
     from_normalized,
+    split_member_name,
     to_normalized,
 )
+from fdhclean.tar_reader import BLOCK, TarFormatError, TarStream, walk_tar
 
 
 class ShardOriginals(Protocol):
@@ -60,14 +63,38 @@ def _stored_keypoints(shard_path: Path) -> Iterator[np.ndarray]:
     decodes nothing else (no hash; the voting pass hashes), so the units are known before the
     first sample is voted and the shard can then be streamed. Samples whose other members are
     bad count too: their keypoints are evidence of the shard's units all the same."""
-    for raw in ShardReader(shard_path, hash=False):
-        name = raw.find(MEMBER_KEYPOINTS)
-        if name is None:
-            continue
+    for data in _keypoints_members(shard_path):
         try:
-            yield decode_keypoints(raw.members[name])
+            yield decode_keypoints(data)
         except ValueError:
             continue
+
+
+def _keypoints_members(shard_path: Path) -> list[bytes]:
+    """The bytes of each sample's `keypoints.npy`, walking the tar headers only: the other
+    members' data is passed over (sought past where large), so this pass costs a fraction of
+    a read of the shard. Where the walk fails, the full reader's pass decides instead (it
+    raises the `ShardReadError` that names the shard, as the voting pass would)."""
+    wanted = MEMBER_KEYPOINTS.lower()
+    found: dict[str, bytes] = {}
+    try:
+        with open(shard_path, "rb", buffering=1 << 16) as fh:
+            stream = TarStream(fh, os.fstat(fh.fileno()).st_size, digest=False)
+            for entry in walk_tar(stream, read_data=False):
+                parts = split_member_name(entry.name)
+                if entry.problem is not None or parts is None or parts[1].lower() != wanted:
+                    continue
+                if parts[0] in found:  # a repeated member or key: the full reader refuses it
+                    raise TarFormatError(entry.offset, "repeated keypoints member")
+                start = stream.offset - entry.size - (-entry.size % BLOCK)
+                found[parts[0]] = os.pread(fh.fileno(), entry.size, start)
+    except (OSError, TarFormatError):
+        return [
+            raw.members[name]
+            for raw in ShardReader(shard_path, hash=False)
+            if (name := raw.find(MEMBER_KEYPOINTS)) is not None
+        ]
+    return list(found.values())
 
 
 class _StoredShard:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fdhclean.box import person_box
-from fdhclean.decode import PNG_GREY, PNG_PALETTE, PNG_RGB, check_png
+from fdhclean.box import BOX_SOURCES, person_box, region_box
+from fdhclean.decode import PNG_GREY, PNG_PALETTE, PNG_RGB, check_png, vertex_map
 from fdhclean.fdh import (
     IMAGE_H,
     IMAGE_W,
@@ -32,7 +32,6 @@ from fdhclean.shards import (
     RawSample,
     decode_keypoints,
     decode_mask,
-    decode_vertices,
     to_normalized,
 )
 
@@ -43,9 +42,6 @@ STATUS_NO_ESTIMATE = "no-estimate"
 STATUS_BAD_MEMBER = "bad-member"
 STATUS_BAD_KEYPOINTS = "bad-keypoints"
 ERROR_STATUSES = (STATUS_NO_ESTIMATE, STATUS_BAD_MEMBER, STATUS_BAD_KEYPOINTS)
-
-# Stand-in for mask.png when E_mask already gives the box (mask is then never consulted).
-_ALL_KNOWN = np.ones((IMAGE_H, IMAGE_W), dtype=bool)
 
 
 @dataclass
@@ -146,16 +142,18 @@ def decode_sample(raw: RawSample, num_vertices: int) -> Sample:
         return sample
     try:
         emask = _member(raw, MEMBER_EMASK, decode_mask)
-        vertices = _member(raw, MEMBER_VERTICES, decode_vertices)
-        _check_vertex_ids(vertices, emask, num_vertices)
-        if emask.any():
-            known = _ALL_KNOWN
-            _member(raw, MEMBER_MASK, _png_check(MEMBER_MASK))
-        else:
+        # the stored map, not copied or converted: the vote reads 2 x 17 of its pixels
+        vertices = _member(raw, MEMBER_VERTICES, vertex_map)
+        e_box = region_box(emask)
+        if e_box is not None:
+            _check_vertex_ids(vertices, emask, e_box, num_vertices)
+            _member(raw, MEMBER_MASK, _png_check(MEMBER_MASK))  # not consulted: header only
+            sample.box, sample.box_source = e_box, BOX_SOURCES[0]
+        else:  # nothing under E_mask to check; the mask gives the box
             known = _member(raw, MEMBER_MASK, decode_mask)
+            sample.box, sample.box_source = person_box(emask, known)
         for name in (MEMBER_IMAGE, MEMBER_MASKRCNN):
             _member(raw, name, _png_check(name))
-        sample.box, sample.box_source = person_box(emask, known)
         sample.emask, sample.vertices = emask, vertices
     except (KeyError, ValueError, OSError) as exc:  # missing / undecodable / wrong shape
         sample.fail(STATUS_BAD_MEMBER, _message(exc))
@@ -178,8 +176,14 @@ def _png_check(name: str) -> Callable[[bytes], None]:
     return lambda data: check_png(data, (IMAGE_H, IMAGE_W), _NOT_DECODED_PNGS[name])
 
 
-def _check_vertex_ids(vertices: np.ndarray, emask: np.ndarray, num_vertices: int) -> None:
-    ids = vertices[emask]
+def _check_vertex_ids(
+    vertices: np.ndarray, emask: np.ndarray, box: tuple[int, int, int, int], num_vertices: int
+) -> None:
+    """Every vertex id under E_mask must index the part table. E_mask is empty outside its
+    bounding box `box`, so only that window is looked at: the same ids, hence the same
+    outcome and message, as checking the whole map."""
+    x0, y0, x1, y1 = box
+    ids = vertices[y0:y1, x0:x1][emask[y0:y1, x0:x1]]
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_vertices):
         raise ValueError(
             f"vertices.npy holds ids {int(ids.min())}..{int(ids.max())} under E_mask, outside "

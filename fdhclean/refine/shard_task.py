@@ -203,10 +203,8 @@ def attach_estimates(samples: Sequence[Sample], estimates: Estimates | Mapping) 
     if not isinstance(estimates, Estimates):
         estimates = Estimates(estimates)
     scale = 1.0 if estimates.normalized else np.array([IMAGE_W, IMAGE_H, 1.0])
-    for s in samples:
-        if s.status != STATUS_OK:
-            continue
-        est = estimates.get(s.key)
+    ok = [s for s in samples if s.status == STATUS_OK]
+    for s, est in zip(ok, estimates.get_many([s.key for s in ok]), strict=True):
         if est is None:
             s.fail(STATUS_NO_ESTIMATE, estimates.missing_reason(s.key))
             continue
@@ -240,7 +238,10 @@ def vote_samples(samples: Sequence[Sample], ctx: VoteContext) -> None:
 def _score(ctx: VoteContext, ok: Sequence[Sample], kp: np.ndarray, min_score: float) -> Scores:
     considered, px, py = keypoint_pixels(kp, min_score, IMAGE_H, IMAGE_W)
     emask_at = np.stack([s.emask[y, x] for s, y, x in zip(ok, py, px, strict=True)])
-    vertex_at = np.stack([s.vertices[y, x] for s, y, x in zip(ok, py, px, strict=True)])
+    # int64 per sample: the maps keep their stored dtypes, which may differ between samples
+    vertex_at = np.stack(
+        [s.vertices[y, x].astype(np.int64) for s, y, x in zip(ok, py, px, strict=True)]
+    )
     return score_lookups(considered, emask_at, vertex_at, ctx.vertex_parts, ctx.accepted)
 
 

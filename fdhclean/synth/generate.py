@@ -18,9 +18,9 @@ from fdhclean import __version__
 from fdhclean.fdh import COCO_KEYPOINTS
 from fdhclean.shards import SHARD_NAME_RE, SHARD_PATTERN, ShardWriter, atomic_write_bytes
 from fdhclean.synth import annotations as ann
+from fdhclean.synth.fabricate import SynthContext, accepted_bits, make_sample, shard_variant
 from fdhclean.synth.mesh import build_mesh, part_pools, segment, vertex_part_bits
 from fdhclean.synth.paint import VertexPools
-from fdhclean.synth.sample import SynthContext, accepted_bits, make_sample, shard_variant
 
 SPLITS = ("train", "val")
 KEY_LOW, KEY_HIGH = 10_000_000, 1_000_000_000  # 8-9 digit keys, like YFCC100M ids
