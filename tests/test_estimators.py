@@ -250,13 +250,14 @@ def test_estimate_command(tiny_vitpose, tmp_path):
     assert main(args) == 0
     pred = load_predictions(out)
     assert sorted(pred.keypoints) == ["11", "12", "14"]
-    est = _build(path)
+    est = _build(path, frame="half-pixel")  # what `fdhclean estimate` asks for (FDH_FRAME)
     expect = est.estimate(images[[0, 1]], np.array([[40, 50, 120, 200], [60, 100, 90, 150]]))
     np.testing.assert_allclose(pred.get("11"), expect[0], atol=1e-3)
     np.testing.assert_allclose(pred.get("12"), expect[1], atol=1e-3)
     meta = json.loads(out.with_name("pred.json.meta.json").read_text())
     assert meta["errors"]["failed"] == 1 and meta["weights_sha256"] == est.weights_sha256
-    assert meta["provenance"]["decoding"] == "vitpose" and meta["provenance"]["frame"] == "official"
+    assert meta["provenance"]["decoding"] == "vitpose"
+    assert meta["provenance"]["frame"] == "half-pixel"  # FDH's frame (FDH_FRAME)
     assert main([*args, "--checkpoint-sha256", "0" * 64]) == 2
 
 

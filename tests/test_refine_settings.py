@@ -122,3 +122,10 @@ def test_estimator_options_reach_the_backend(synth_root, tiny_vitpose, tmp_path,
     assert record["settings"]["estimator_options"] == ["decoding=transformers"]
     assert record["provenance"]["estimator"]["options"] == {"decoding": "transformers"}
     assert record["provenance"]["estimator"]["decoding"] == "transformers"
+    # FDH's pixel frame unless asked otherwise (the vote's floor rule and refine-spec's COCO
+    # results: pixel i covers [i, i + 1)); an option keeps ViTPose's own frame
+    assert record["provenance"]["estimator"]["frame"] == "half-pixel"
+    out2 = tmp_path / "o2"
+    assert main([*base, str(out2), *rest, "--estimator-option", "frame=official"]) == 0
+    record = json.loads((out2 / "val" / "run.json").read_text())
+    assert record["provenance"]["estimator"]["frame"] == "official"

@@ -84,6 +84,7 @@ def _out_path(out: str, rank: int, world_size: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from fdhclean.estimators import build_estimator, estimate_samples
+    from fdhclean.estimators.topdown import FDH_FRAME
     from fdhclean.predictions_store import open_writer
     from fdhclean.shards import atomic_write_bytes, list_shards, rank_from_env, shards_for_rank
 
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         rank, world = rank_from_env(args.rank, args.world_size)
         out = _out_path(args.out, rank, world)
         shards = shards_for_rank(list_shards(args.data_root, args.split), rank, world)
-        options = {"config": args.mmpose_config} if args.mmpose_config else {}
+        options = {"frame": FDH_FRAME}  # COCO results in FDH's pixel frame (refine-spec)
+        options.update({"config": args.mmpose_config} if args.mmpose_config else {})
         estimator = build_estimator(
             args.estimator, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
             device=args.device, batch_size=args.batch_size, flip_test=args.flip_test,

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="estimator_options",
         action="append",
         metavar="KEY=VALUE",
-        help="backend option (repeatable), e.g. blur=transformers; VALUE is JSON or text",
+        help="backend option (repeatable), e.g. decoding=mmpose1 or frame=official; "
+        "VALUE is JSON or text",
     )
     src.add_argument("--checkpoint", help="local weights of the estimator")
     src.add_argument("--checkpoint-sha256", help="expected sha256 of the weights")

@@ -41,6 +41,11 @@ BOX_PADDING = 1.25
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 FRAMES = ("official", "half-pixel")
+# The frame of everything fdhclean writes for FDH: its stored keypoints (flip x -> 1 - x,
+# visible iff 0 <= x <= 1), the COCO results refine-spec reads (pixel i covers [i, i+1)) and
+# the vote's floor(x * W) pixel. `refine` and `estimate` ask the estimator for it by default
+# (`--estimator-option frame=official` keeps ViTPose's own frame, 0.5 px smaller).
+FDH_FRAME = "half-pixel"
 # cv2's warpAffine fixed point (imgwarp.cpp): positions in 1/32 px (INTER_BITS = 5) computed
 # with AB_BITS = 10 bits; bilinear weights in 1/32768 (INTER_REMAP_COEF_BITS = 15).
 _INTER_BITS = 5

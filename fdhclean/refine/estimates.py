@@ -153,6 +153,7 @@ class ModelSource:
 
     def __init__(self, settings: RefineSettings) -> None:
         from fdhclean.estimators import build_estimator
+        from fdhclean.estimators.topdown import FDH_FRAME
 
         self.settings = settings
         try:
@@ -163,7 +164,7 @@ class ModelSource:
                 device=_device_for_rank(settings.device),
                 batch_size=settings.batch_size,
                 flip_test=settings.flip_test,
-                **settings.estimator_kwargs(),
+                **{"frame": FDH_FRAME, **settings.estimator_kwargs()},
             )
         except TypeError as exc:  # an --estimator-option the backend does not take
             raise ValueError(

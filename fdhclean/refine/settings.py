@@ -99,7 +99,7 @@ class RefineSettings:
 
     def estimator_kwargs(self) -> dict[str, Any]:
         """`estimator_options` as keyword arguments: VALUE parsed as JSON where it is JSON
-        (`batch_norm=true`, `size=3`), else kept as text (`blur=transformers`)."""
+        (`batch_norm=true`, `size=3`), else kept as text (`decoding=mmpose1`)."""
         return parse_options(self.estimator_options)
 
     def fingerprint_sha256(self) -> str:
