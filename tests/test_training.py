@@ -110,7 +110,7 @@ def _final_state(run: Path, stage: str = "18x10"):
     return checkpoint.load(checkpoint.list_states(run / stage / "checkpoints")[0])
 
 
-def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, monkeypatch):
+def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, monkeypatch, capsys):
     cfg = write_config(tmp_path / "c.toml", ((18, 10, "[1, 1]", 0.008),))  # 4 steps
     common = ("--snapshot-ticks", "2", "--image-ticks", "2")
     assert _run(train_args(cfg, manifest, tmp_path / "a", *common)) == 0
@@ -132,7 +132,14 @@ def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, mo
     assert checkpoint.list_states(run / "18x10" / "checkpoints")[0].name.endswith("04.safetensors")
     # Resuming with another seed would read another data stream: refused.
     assert _run(train_args(cfg, manifest, run, *common, "--seed", "1")) == 1
-    assert _run(train_args(cfg, manifest, run, *common)) == 0
+    # ... and so would toggling --include-error-samples (it changes the set of samples).
+    capsys.readouterr()
+    assert _run(train_args(cfg, manifest, run, *common, "--include-error-samples")) == 1
+    err = capsys.readouterr().err
+    assert "started without --include-error-samples" in err and "another data stream" in err
+    # --verify only checks the shards: the same stream, so a resume may change it.
+    assert _run(train_args(cfg, manifest, run, *common, "--verify", "size")) == 0
+    assert json.loads((run / "18x10" / "stage.json").read_text())["include_error_samples"] is False
     a, b = _final_state(tmp_path / "a"), _final_state(run)
     assert a["progress"]["nimg"] == b["progress"]["nimg"] == 8
     for part in ("G", "D", "G_ema"):
