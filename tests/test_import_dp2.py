@@ -255,6 +255,27 @@ def test_import_dp2_ema_only_dict_with_top_level_centres(tmp_path):
     )
 
 
+def test_import_dp2_reimport_and_bad_centres_leave_no_stale_files(tmp_path, capsys):
+    """A re-import of a checkpoint without centres into the same --out removes the centres the
+    first import wrote (they belong to the other generator); centres of the wrong width are
+    refused before anything is written."""
+    ref = reference_state(32, [1, 1, 1], 2, (36, 20))
+    torch.save({"EMA_generator": ref, "w_centers": torch.randn(4, 512)}, tmp_path / "a.ckpt")
+    torch.save({"EMA_generator": reference_state(32, [1, 1, 1], 2, (36, 20))}, tmp_path / "b.ckpt")
+    out = tmp_path / "o"
+    assert _import([str(tmp_path / "a.ckpt"), "--config", "E-tiny", "--out", str(out)]) == 0
+    assert (out / "w_centers.safetensors").is_file()
+    assert _import([str(tmp_path / "b.ckpt"), "--config", "E-tiny", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["generator.json", "generator.safetensors"]
+    assert "removed" in capsys.readouterr().out
+    torch.save({"EMA_generator": ref, "w_centers": torch.randn(4, 7)}, tmp_path / "c.ckpt")
+    assert (
+        _import([str(tmp_path / "c.ckpt"), "--config", "E-tiny", "--out", str(tmp_path / "c")]) == 2
+    )
+    assert "w_centers has shape (4, 7)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() or os.listdir(tmp_path / "c") == []
+
+
 class _Payload:
     """Unpickling this runs ``touch MARKER``: what a tampered checkpoint could do."""
 

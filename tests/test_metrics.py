@@ -210,6 +210,80 @@ def test_clip_loads_openai_torchscript_archive(tmp_path, whole_model):
         assert torch.allclose(feats, visual(clip_preprocess_dp2(images)), atol=1e-6)
 
 
+def test_torchscript_tensors_equal_jit_load_state_dict(tmp_path):
+    """The restricted reader gives exactly torch.jit.load's state dict (names, dtypes, values,
+    fp16 and a transposed view included), from a scripted (not only traced) model."""
+    from triagan_model.metrics.ts_archive import read_torchscript_tensors
+
+    clip = _WholeClip(_tiny_clip_visual(3)).half()
+    clip.register_buffer("view", torch.randn(3, 5).t())  # a non-contiguous stored tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(clip), str(tmp_path / "s.pt"))
+        expected = torch.jit.load(str(tmp_path / "s.pt"), map_location="cpu").state_dict()
+    got = read_torchscript_tensors(tmp_path / "s.pt")
+    assert sorted(got) == sorted(expected)
+    for k, v in expected.items():
+        assert got[k].dtype == v.dtype and got[k].stride() == v.stride(), k
+        assert torch.equal(got[k], v), k
+
+
+class _SetstateRuns(torch.nn.Module):
+    """A module whose TorchScript __setstate__ prints (torch.jit.load runs it on load)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("TORCHSCRIPT CODE RAN ON LOAD")
+        self.w = state[0]
+        self.training = state[1]
+
+
+def test_torchscript_archive_code_never_runs(tmp_path, capfd):
+    """A crafted archive: its __setstate__ (which torch.jit.load runs, checked here) and a
+    data.pkl calling os.system are never executed; the load fails naming the file."""
+    import os
+    import pickle
+    import zipfile
+
+    from triagan_model.metrics.clip_loader import ClipWeightsError, load_clip_visual
+
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_SetstateRuns()), str(path))
+        torch.jit.load(str(path))  # the control: TorchScript's loader runs the archive's code
+    assert "TORCHSCRIPT CODE RAN" in capfd.readouterr().out
+    with pytest.raises(ClipWeightsError, match="evil.pt: .*missing"):
+        load_clip_visual(path)  # the tuple state has no tensor names: nothing to load
+    assert "TORCHSCRIPT CODE RAN" not in capfd.readouterr().out
+
+    marker = tmp_path / "marker"
+
+    class _Shell:  # pickles as os.system("touch marker")
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    crafted = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(crafted, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, pickle.dumps(_Shell()) if name.endswith("/data.pkl") else data)
+    with pytest.raises(ClipWeightsError, match=r"crafted.pt: .*pickles (posix|os)\.system"):
+        load_clip_visual(crafted)
+    assert not marker.exists()
+
+
 def test_evaluate_fid_clip_with_a_torchscript_archive(tmp_path, monkeypatch, capsys):
     """`triagan evaluate --metrics fid_clip` end to end with a ViT-B-32.pt in OpenAI's format
     (TorchScript) in $TRIAGAN_WEIGHTS; a broken file fails with its name and the cause."""

@@ -240,3 +240,26 @@ def test_generate_centre_rule_index(weights, manifest, tmp_path, capsys):
     rc = main(["generate", "--weights", str(weights), "--manifest", str(manifest), "--out",
                str(tmp_path / "y"), "--centre-rule", "index"])  # fmt: skip
     assert rc == 2 and "needs --clusters" in capsys.readouterr().err
+
+
+def test_bad_centres_files_are_the_users_error(weights, manifest, tmp_path, capsys):
+    """A truncated or corrupt centres file is a ValueError naming it (no SafetensorError), and
+    `triagan generate` exits 2 naming the file for it and for centres of another w_dim (instead
+    of a RuntimeError from the mapping network's matmul)."""
+    save_centres(tmp_path / "narrow.safetensors", torch.randn(4, 7))
+    good = (tmp_path / "narrow.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(good[:50])
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 200)
+    for name in ("trunc", "junk"):
+        with pytest.raises(ValueError, match=f"{name}.safetensors: unreadable centres file"):
+            load_centres(tmp_path / f"{name}.safetensors")
+    with pytest.raises(ValueError, match="7-dimensional but the generator's w has 512"):
+        load_centres(tmp_path / "narrow.safetensors", w_dim=512)
+    base = ["generate", "--weights", str(weights), "--manifest", str(manifest), "--num", "1"]
+    for name in ("narrow", "trunc", "missing"):
+        capsys.readouterr()
+        path = tmp_path / f"{name}.safetensors"
+        rc = main([*base, "--out", str(tmp_path / name), "--clusters", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"{name}.safetensors" in err and "Traceback" not in err, err
+        assert not (tmp_path / name).exists()

@@ -103,14 +103,14 @@ def test_two_stage_smoke_run_writes_every_output(tmp_path, manifest, capsys):
     # Rerunning a finished run does nothing and succeeds; another manifest is refused.
     assert _run(args) == 0
     other = make_shards(tmp_path / "other", n_shards=1, per_shard=3, seed=5)
-    assert _run(train_args(cfg, other, run)) == 1
+    assert _run(train_args(cfg, other, run)) == 2
 
 
 def _final_state(run: Path, stage: str = "18x10"):
     return checkpoint.load(checkpoint.list_states(run / stage / "checkpoints")[0])
 
 
-def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, monkeypatch):
+def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, monkeypatch, capsys):
     cfg = write_config(tmp_path / "c.toml", ((18, 10, "[1, 1]", 0.008),))  # 4 steps
     common = ("--snapshot-ticks", "2", "--image-ticks", "2")
     assert _run(train_args(cfg, manifest, tmp_path / "a", *common)) == 0
@@ -131,8 +131,16 @@ def test_kill_slice_and_resume_equal_an_uninterrupted_run(tmp_path, manifest, mo
     monkeypatch.setattr(loop, "train_step", real_step)
     assert checkpoint.list_states(run / "18x10" / "checkpoints")[0].name.endswith("04.safetensors")
     # Resuming with another seed would read another data stream: refused.
-    assert _run(train_args(cfg, manifest, run, *common, "--seed", "1")) == 1
-    assert _run(train_args(cfg, manifest, run, *common)) == 0
+    assert _run(train_args(cfg, manifest, run, *common, "--seed", "1")) == 2
+    # ... and so would toggling --include-error-samples (it changes the set of samples).
+    capsys.readouterr()
+    assert _run(train_args(cfg, manifest, run, *common, "--include-error-samples")) == 2
+    err = capsys.readouterr().err
+    assert "started without --include-error-samples" in err and "another data stream" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # --verify only checks the shards: the same stream, so a resume may change it.
+    assert _run(train_args(cfg, manifest, run, *common, "--verify", "size")) == 0
+    assert json.loads((run / "18x10" / "stage.json").read_text())["include_error_samples"] is False
     a, b = _final_state(tmp_path / "a"), _final_state(run)
     assert a["progress"]["nimg"] == b["progress"]["nimg"] == 8
     for part in ("G", "D", "G_ema"):
@@ -440,7 +448,7 @@ def test_prepared_shards_feed_the_stages_they_hold(tmp_path, manifest):
     assert doc["provenance"]["parent"]["sha256"] == manifest_sha256(manifest)
     doc["provenance"]["parent"]["sha256"] = "0" * 64  # as if prepared from other bytes
     prepared_manifest.write_text(json.dumps(doc))
-    assert _run(train_args(cfg, manifest, tmp_path / "run2", "--prepared", str(prepared))) == 1
+    assert _run(train_args(cfg, manifest, tmp_path / "run2", "--prepared", str(prepared))) == 2
 
 
 def test_keypoints_overlay_is_used_and_recorded(tmp_path, manifest):

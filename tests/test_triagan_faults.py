@@ -436,6 +436,22 @@ def test_an_error_list_that_does_not_match_the_shards_is_refused(tmp_path):
         _keys(build_loader(manifest, batch_size=1, seed=0, infinite=False))
 
 
+def test_a_listed_error_key_the_shard_lacks_is_refused_before_its_samples(tmp_path):
+    """The tar headers are read before the shard's first sample is used: no batch of it is
+    trained on before the refusal (read_shard's own check fires only at the shard's end)."""
+    from triagan_shards import make_shards
+
+    from triagan_model.data.loader import ShardError, build_loader
+
+    manifest = make_shards(tmp_path, n_shards=1, per_shard=4)
+    _list_error_samples(manifest, {"out-000000.tar": {"1001": "bad-member", "7777": "bad-member"}})
+    seen = []
+    with pytest.raises(ShardError, match=r"out-000000\.tar holds no samples \['7777'\]"):
+        for batch in build_loader(manifest, batch_size=1, seed=0, shuffle=False, infinite=False):
+            seen += batch["key"]
+    assert seen == []
+
+
 def test_prepare_leaves_out_listed_error_samples_and_names_a_junk_one(tmp_path):
     from triagan_shards import make_shards
 

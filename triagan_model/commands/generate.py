@@ -49,6 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class CentresError(ValueError):
+    """The --clusters file is missing, unreadable or of another w_dim (the user's input)."""
+
+
+def _centres(path: str, w_dim: int):
+    from triagan_model.sampling.truncation import load_centres
+
+    try:
+        return load_centres(path, w_dim)[0]
+    except (FileNotFoundError, ValueError) as exn:
+        raise CentresError(f"--clusters {exn}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     single = [args.image, args.mask, args.keypoints]
     if bool(args.manifest) == any(single) or (any(single) and not all(single)):
@@ -72,13 +85,12 @@ def run(args: argparse.Namespace) -> int:
         single_input_batch,
         write_outputs,
     )
-    from triagan_model.sampling.truncation import load_centres
     from triagan_model.weights import WeightsError, load_generator
 
     device = resolve_device(args.device)
     try:
         G = load_generator(args.weights, device)
-        centres = load_centres(args.clusters)[0] if args.clusters else None
+        centres = _centres(args.clusters, G.cfg.w_dim) if args.clusters else None
         if args.manifest:
             batches = manifest_batches(args.manifest, G.cfg.resolution, args.batch_size, args.num)
         else:
@@ -89,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 "clusters": args.clusters}  # fmt: skip
         trunc = Truncation(args.truncation, centres, args.centre_rule)
         index = write_outputs(batches, G, args.out, trunc=trunc, seed=args.seed, meta=meta)
-    except WeightsError as exn:  # the user's weights directory: exit 2, naming the file
+    except (WeightsError, CentresError) as exn:  # the user's files: exit 2, naming the file
         print(f"triagan generate: error: {exn}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, KeyError) as exn:

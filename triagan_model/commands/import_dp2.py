@@ -6,7 +6,9 @@ checkpoint; its EMA generator), maps its names to this project's (table in
 this project's generator with NO missing or unexpected keys, and writes
 ``DIR/generator.safetensors`` + ``DIR/generator.json`` (conditioning_mode "reference": DP2's
 maps), plus ``DIR/w_centers.safetensors`` when the checkpoint has the multi-modal truncation
-centres (top-level ``w_centers`` or ``style_net.w_centers`` in the generator state). No pickled
+centres (top-level ``w_centers`` or ``style_net.w_centers`` in the generator state); a
+``w_centers.safetensors`` left in DIR by an earlier import is removed when the checkpoint has
+none, and nothing is written unless the whole checkpoint (centres included) is valid. No pickled
 code runs: tensors, plain containers and easydict.EasyDict are read by name;
 ``--allow-pickle`` lifts that for trusted files that pickle other classes. Every failure names
 the file and the cause and exits 2.
@@ -17,6 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
+
+CENTRES_NAME = "w_centers.safetensors"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,17 +73,27 @@ def import_checkpoint(
             f"checkpoint does not fit config {cfg.name} stage {stage}: missing "
             f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
+    centres = conv.w_centers if conv.w_centers is not None else w_centers
+    # everything is checked before anything is written: no half-written --out on bad centres
+    if centres is not None and (centres.ndim != 2 or centres.shape[1] != gcfg.w_dim):
+        raise ValueError(f"w_centers has shape {tuple(centres.shape)}, not (K, {gcfg.w_dim})")
     out = save_generator(
         g, out_dir, config_name=cfg.name, stage=stage, source=f"import-dp2 {source}".strip()
     )
-    centres = conv.w_centers if conv.w_centers is not None else w_centers
-    if centres is not None:  # the reference's multi-modal truncation centres
-        from triagan_model.sampling.truncation import save_centres
-
-        if centres.ndim != 2 or centres.shape[1] != gcfg.w_dim:
-            raise ValueError(f"w_centers has shape {tuple(centres.shape)}, not (K, {gcfg.w_dim})")
-        save_centres(out / "w_centers.safetensors", centres, source=f"import-dp2 {source}")
+    _write_or_clear_centres(out / CENTRES_NAME, centres, source)
     return out
+
+
+def _write_or_clear_centres(path: Path, centres, source: str) -> None:
+    """The checkpoint's centres, or no centres file at all: a centres file left by an earlier
+    import into the same --out would otherwise be used with the new generator."""
+    from triagan_model.sampling.truncation import save_centres
+
+    if centres is not None:  # the reference's multi-modal truncation centres
+        save_centres(path, centres, source=f"import-dp2 {source}")
+    elif path.exists():
+        path.unlink()
+        print(f"removed {path}: left by an earlier import, this checkpoint has no w_centers")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -142,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
     from triagan_model.data.manifest import ManifestError
     from triagan_model.data.transforms import SampleError
     from triagan_model.training.loop import train
+    from triagan_model.training.rundir import RunDirError
     from triagan_model.weights import WeightsError
 
-    data_errors = (ManifestError, ShardError, SampleError, WeightsError)
+    # RunDirError: the --run-dir belongs to other options (manifest, config, resume stream)
+    data_errors = (ManifestError, ShardError, SampleError, WeightsError, RunDirError)
     try:
         result = train(opts)
     except data_errors as exn:  # the user's data: a message naming shard / sample, exit 2

@@ -140,6 +140,24 @@ def read_shard(plan: ShardPlan) -> Iterator[dict[str, Any]]:
                          "lists as error samples: the manifest does not describe it")  # fmt: skip
 
 
+def check_listed_keys(plan: ShardPlan) -> None:
+    """The error keys the manifest lists for the shard are in it, from the tar headers only
+    (``tarfile`` seeks over member data): checked before the shard's first sample is used, not
+    after its samples were trained on. ``read_shard`` checks again what it actually dropped."""
+    if not plan.exclude:
+        return
+    try:
+        with tarfile.open(plan.path, "r:") as tar:
+            keys = {base_plus_ext(m.name)[0] for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as exn:
+        raise ShardError(f"shard {plan.path}: unreadable tar index ({type(exn).__name__}: {exn})"
+                         "; check it with `fdhclean verify` and restore it") from None  # fmt: skip
+    missing = sorted(plan.exclude - keys)
+    if missing:
+        raise ShardError(f"shard {plan.path} holds no samples {missing[:5]} that its manifest "
+                         "lists as error samples: the manifest does not describe it")  # fmt: skip
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack per-sample tensors into a batch; keys stay a list of str."""
     batch: dict[str, Any] = {name: torch.stack([s[name] for s in samples])
@@ -208,6 +226,7 @@ class FDHStream(IterableDataset):
         self._counts = [s.samples - len(x) for s, x in zip(manifest.shards, self._exclude,
                                                           strict=True)]  # fmt: skip
         self._verified: set[int] = set()  # shards whose sha256 this process has checked
+        self._keys_checked: set[int] = set()  # shards whose listed error keys were found
 
     def _read_plans(self, plans: Iterator[tuple[int, ShardPlan]]) -> Iterator[dict[str, Any]]:
         for index, plan in plans:
@@ -216,6 +235,9 @@ class FDHStream(IterableDataset):
                 # batch (a streaming hash would know only after its samples were trained on).
                 check_shard_sha256(self.manifest.path, self.manifest.shards[index])
                 self._verified.add(index)
+            if index not in self._keys_checked:
+                check_listed_keys(plan)  # before its samples, not after (docstring there)
+                self._keys_checked.add(index)
             yield from read_shard(plan)
 
     def _epoch_samples(self, worker: int, num_workers: int, epoch: int) -> wds.DataPipeline:

@@ -6,9 +6,11 @@ cannot open. DeepPrivacy2's FID_CLIP loads it with OpenAI's ``clip.load("ViT-B/3
 (``jit=False``: the archive's state dict rebuilt into the eager model, float32 on CPU) and keeps
 ``.visual``. Here:
 
-- a TorchScript archive is opened with ``torch.jit.load(map_location="cpu")`` and only its state
-  dict is kept (TorchScript code is never run); a ``.safetensors`` file or a plain ``torch.save``
-  state dict (``weights_only=True``) is read as it is;
+- a TorchScript archive is NOT opened with ``torch.jit.load`` (that compiles the archive's code
+  and runs its ``__setstate__``): ``ts_archive.read_torchscript_tensors`` unpickles only its
+  ``data.pkl`` with an allow-list that imports and runs nothing and names the tensors as
+  ``state_dict()`` would; a ``.safetensors`` file or a plain ``torch.save`` state dict
+  (``weights_only=True``) is read as it is;
 - the image tower's tensors are those under ``visual.`` (a whole CLIP model) or the top-level
   ones (a tower saved alone); the architecture is read from their shapes, as OpenAI's
   ``build_model`` does (width from ``conv1``, patch size from its kernel, image size from the
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -59,9 +60,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(p))
         if is_torchscript_archive(p):
-            with warnings.catch_warnings():  # torch 2.x's deprecation notice for torch.jit
-                warnings.simplefilter("ignore", FutureWarning)
-                return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
+            from triagan_model.metrics.ts_archive import ArchiveError, read_torchscript_tensors
+
+            try:
+                return read_torchscript_tensors(p)
+            except ArchiveError as exn:
+                raise ClipWeightsError(f"{p}: cannot read CLIP weights from this TorchScript "
+                                       f"archive: {exn}") from None  # fmt: skip
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ClipWeightsError(

@@ -154,14 +154,33 @@ def save_centres(path: str | os.PathLike, centres: torch.Tensor, **meta) -> Path
     return out
 
 
-def load_centres(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
-    from safetensors import safe_open
+def load_centres(path: str | os.PathLike, w_dim: int | None = None) -> tuple[torch.Tensor, dict]:
+    """(centres (K, D), metadata) of a ``save_centres`` file; every defect of the file is a
+    ValueError naming it (a FileNotFoundError when it is absent); with ``w_dim``, D must match
+    the generator's (a mismatch would otherwise fail deep inside the mapping network)."""
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"centres file not found: {p} (write it with `triagan clusters`)")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != CENTRES_FORMAT:
-            raise ValueError(f"{p}: not a {CENTRES_FORMAT} file")
-        return f.get_tensor("centres"), json.loads(meta.get("meta", "{}"))
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CENTRES_FORMAT:
+                raise ValueError(f"{p}: not a {CENTRES_FORMAT} file")
+            if "centres" not in set(f.keys()):
+                raise ValueError(f"{p}: has no tensor 'centres'")
+            centres, info = f.get_tensor("centres"), json.loads(meta.get("meta", "{}"))
+    except (SafetensorError, json.JSONDecodeError, OSError) as exn:
+        raise ValueError(
+            f"{p}: unreadable centres file ({type(exn).__name__}: {exn}); write it again with "
+            "`triagan clusters` (or `triagan import-dp2`)"
+        ) from None
+    if centres.ndim != 2 or centres.shape[0] == 0:
+        raise ValueError(f"{p}: centres have shape {tuple(centres.shape)}, not (K, D)")
+    if w_dim is not None and centres.shape[1] != w_dim:
+        raise ValueError(
+            f"{p}: centres are {centres.shape[1]}-dimensional but the generator's w has "
+            f"{w_dim} dimensions; use the centres computed for these weights (`triagan clusters`)"
+        )
+    return centres, info

@@ -88,13 +88,17 @@ def write_stage_files(opts: TrainOptions, stage: StageConfig, index: int, extra:
     d = stage_dir(opts, stage)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / "config.toml", resolved_toml(opts.config))
+    # include_error_samples changes which samples the stream holds: check_resume compares it
     write_json(d / "stage.json", {"stage": stage.name, "index": index, "batch": stage.batch,
-                                  "kimg": stage.kimg, **extra})  # fmt: skip
+                                  "kimg": stage.kimg,
+                                  "include_error_samples": opts.include_error_samples,
+                                  **extra})  # fmt: skip
 
 
 def check_resume(opts: TrainOptions, stage: StageConfig, batch_plan: dict[str, Any]) -> None:
     """A resumed stage must read the data stream it started: the loader skips the batches
-    already seen, which is only right with the same per-GPU batch and seed."""
+    already seen, which is only right with the same per-GPU batch, seed and set of samples
+    (``--include-error-samples``). ``--verify`` only checks the shards, so it may change."""
     path = stage_dir(opts, stage) / "stage.json"
     if not path.is_file():
         return
@@ -105,6 +109,14 @@ def check_resume(opts: TrainOptions, stage: StageConfig, batch_plan: dict[str, A
         raise RunDirError(
             f"stage {stage.name} of {opts.run_dir} started with --batch-gpu {was[0]} and --seed "
             f"{was[1]}, not {now[0]} and {now[1]}: resuming would read another data stream"
+        )
+    had = before.get("include_error_samples")  # absent: a stage.json older than this check
+    if had is not None and bool(had) != bool(opts.include_error_samples):
+        flag = "with" if had else "without"
+        raise RunDirError(
+            f"stage {stage.name} of {opts.run_dir} started {flag} --include-error-samples "
+            f"(see {path}): resuming {'without' if had else 'with'} it would read another data "
+            f"stream; rerun {flag} it, or use another --run-dir"
         )
 
 
