@@ -67,7 +67,24 @@ def collect(inputs: list[str], out: Path) -> list[Item]:
                 f"{it.path} and {seen[it.rel]} would both be written to {out / it.rel}"
             )
         seen[it.rel] = it.path
+    _refuse_overwriting_inputs(items, out)
     return items
+
+
+def _refuse_overwriting_inputs(items: list[Item], out: Path) -> None:
+    """Outputs never replace inputs (as in `fdhclean refine`): `a.png --out .` would write its
+    result over a.png, and a file input inside OUT would be mixed with the outputs."""
+    inputs = {it.path.resolve(): it.path for it in items}
+    out_r = out.resolve()
+    for it in items:
+        dst = (out / it.rel).resolve()
+        if dst in inputs:
+            raise ConfigError(f"--out {out} would overwrite the input {inputs[dst]} with its "
+                              "anonymised copy: choose another --out folder")  # fmt: skip
+        src = it.path.resolve()
+        if out_r in src.parents:
+            raise ConfigError(f"the input {it.path} lies inside --out {out}: choose another "
+                              "--out folder")  # fmt: skip
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -121,7 +138,8 @@ def _video(anon: Anonymizer, item: Item, dst: Path, opts: dict) -> tuple[list[di
     r = media.transcode_video(item.path, dst, process, codec=opts["codec"], crf=opts["crf"],
                               keep_audio=opts["keep_audio"])  # fmt: skip
     if r.frames_in != r.frames_out:
-        raise media.MediaError(f"{item.path}: {r.frames_in} frames in, {r.frames_out} out")
+        raise media.MediaError(f"{item.path}: {r.frames_in} frames decoded but {r.frames_out} "
+                               "encoded; the output was removed")  # fmt: skip
     anon.timings["video_total"] = anon.timings.get("video_total", 0.0) + time.perf_counter() - t0
     return rows, r.frames_out
 
