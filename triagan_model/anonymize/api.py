@@ -61,6 +61,10 @@ class AnonymizeSettings:
             raise ConfigError(f"--crop-interpolation must be one of {INTERPOLATION_RULES}")
         if self.batch_size < 1 or self.hold_frames < 0:
             raise ConfigError("--batch-size must be >= 1 and --hold-frames >= 0")
+        if self.precision == "bf16" and not str(self.device).startswith("cuda"):
+            # autocast is CUDA-only here: a bf16 run on CPU would compute and record fp32
+            raise ConfigError(f"--precision bf16 needs a CUDA device, not {self.device}; "
+                              "use --precision fp32")  # fmt: skip
 
 
 @dataclass

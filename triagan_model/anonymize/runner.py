@@ -97,6 +97,12 @@ def _marker(out: Path, rel: str) -> Path:
     return out / ".done" / f"{rel}.json"
 
 
+def _source(item: Item) -> dict[str, int]:
+    """What identifies the input's content cheaply: an edited input is redone on resume."""
+    st = item.path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _done(out: Path, item: Item, fp: str) -> dict | None:
     m = _marker(out, item.rel)
     if not (m.is_file() and (out / item.rel).is_file()):
@@ -105,7 +111,9 @@ def _done(out: Path, item: Item, fp: str) -> dict | None:
         doc = json.loads(m.read_text())
     except ValueError:
         return None
-    return doc if doc.get("fingerprint") == fp else None
+    if doc.get("fingerprint") != fp or doc.get("source") != _source(item):
+        return None
+    return doc
 
 
 def _image(anon: Anonymizer, item: Item, dst: Path, opts: dict) -> tuple[list[dict], int]:
@@ -155,9 +163,10 @@ def process_file(anon: Anonymizer, item: Item, out: Path, fp: str, opts: dict) -
         # RuntimeError: torch or PyAV failing on this file's content; the run goes on
         dst.unlink(missing_ok=True)
         rows, frames, status, error = [], 0, "failed", str(exn)
-    doc = {"fingerprint": fp, "file": {"input": item.rel, "kind": item.kind, "status": status,
-           "error": error, "frames": frames, "persons": len(rows),
-           "seconds": round(time.perf_counter() - t0, 4)}, "persons": rows}  # fmt: skip
+    doc = {"fingerprint": fp, "source": _source(item),
+           "file": {"input": item.rel, "kind": item.kind, "status": status, "error": error,
+                    "frames": frames, "persons": len(rows),
+                    "seconds": round(time.perf_counter() - t0, 4)}, "persons": rows}  # fmt: skip
     if status != "failed":
         with atomic_path(_marker(out, item.rel)) as tmp:
             Path(tmp).write_text(json.dumps(doc, default=_json_default))
@@ -170,7 +179,10 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: float) -> dict:
+def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: float,
+                  new: list[dict] | None = None) -> dict:  # fmt: skip
+    """Reports of every file of this rank (`docs`, skipped ones included); the rates count only
+    `new`, the files processed by this run (default: all of `docs`)."""
     import pandas as pd
 
     from triagan_model.anonymize.report import persons_table
@@ -180,8 +192,10 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     for name, table in (("files", files), ("persons", persons)):
         with atomic_path(out / "report" / name / f"{name}-{rank}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    n_frames = int(files["frames"].sum()) if len(files) else 0
-    n_persons = len(persons)
+    _remove_stale_reports(out, world)
+    new = docs if new is None else new
+    n_frames = sum(int(d["file"]["frames"]) for d in new)
+    n_persons = sum(len(d["persons"]) for d in new)
 
     def counts(df) -> dict[str, int]:
         return {k: int(v) for k, v in df["status"].value_counts().items()} if len(df) else {}
@@ -189,7 +203,8 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     summary = {
         "files": counts(files),
         "persons": counts(persons),
-        "frames": n_frames, "seconds": round(elapsed, 3),
+        "frames": int(files["frames"].sum()) if len(files) else 0,
+        "processed_files": len(new), "processed_frames": n_frames, "seconds": round(elapsed, 3),
         "persons_per_s": round(n_persons / elapsed, 3) if elapsed > 0 else None,
         "frames_per_s": round(n_frames / elapsed, 3) if elapsed > 0 else None,
         "rank": rank, "world_size": world,
@@ -198,3 +213,18 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     with atomic_path(out / name) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _remove_stale_reports(out: Path, world: int) -> None:
+    """A rerun with a smaller world size would leave ranks >= world_size's reports beside the new
+    ones (and a reader of report/persons would count their files twice): remove them. Every rank
+    may do it, as no rank of this world size writes those names."""
+    for name in ("files", "persons"):
+        for f in (out / "report" / name).glob(f"{name}-*.parquet"):
+            k = f.name[len(name) + 1 : -len(".parquet")]
+            if k.isdigit() and int(k) >= world:
+                f.unlink(missing_ok=True)
+    for f in out.glob("summary*.json"):
+        k = f.stem.partition("-")[2]
+        if (world == 1 and k) or (world > 1 and (not k or (k.isdigit() and int(k) >= world))):
+            f.unlink(missing_ok=True)
