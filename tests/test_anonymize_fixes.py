@@ -145,7 +145,7 @@ def test_bad_clusters_files_are_exit_2(one_image, weights, tmp_path, capsys):
     good = weights / "w_centers.safetensors"
     (tmp_path / "trunc.safetensors").write_bytes(good.read_bytes()[:40])
     save_centres(tmp_path / "wide.safetensors", torch.zeros(4, 7), source="test")
-    for name, needle in (("trunc.safetensors", "cannot read w centres"),
+    for name, needle in (("trunc.safetensors", "cannot be read"),
                          ("wide.safetensors", "shape (4, 7)")):  # fmt: skip
         capsys.readouterr()
         code = _run(d / "a.png", "--out", d / "o", "--weights", weights, "--detections",
@@ -157,22 +157,27 @@ def test_bad_clusters_files_are_exit_2(one_image, weights, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "seg", [[[10, 10, 40, 90]], [[1, 2, 3]], {"size": [120, 80]}, {"size": [120, 80], "counts": 5}]
-)
-def test_malformed_segmentation_fails_only_that_file(tmp_path, weights, seg, capsys):
+    "seg,kp",
+    [([[10, 10, 40, 90]], None), ([[1, 2, 3]], None), ({"size": [120, 80]}, None),
+     ({"size": [120, 80], "counts": 5}, None), ("rle", ["x"] * 51)],
+)  # fmt: skip
+def test_malformed_segmentation_fails_only_that_file(tmp_path, weights, seg, kp, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     img = np.random.RandomState(0).randint(0, 255, (120, 80, 3), np.uint8)
     for n in ("a.png", "b.png"):
         Image.fromarray(img).save(inp / n)
-    dets = [{"file_name": "a.png", "score": 0.9, "segmentation": _rle(_person_mask())},
-            {"file_name": "b.png", "score": 0.9, "segmentation": seg}]  # fmt: skip
+    good = _rle(_person_mask())
+    bad = {"file_name": "b.png", "score": 0.9, "segmentation": good if seg == "rle" else seg}
+    if kp is not None:
+        bad["keypoints"] = kp
+    dets = [{"file_name": "a.png", "score": 0.9, "segmentation": good}, bad]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     out = tmp_path / "out"
     code = _run(inp, "--out", out, "--weights", weights, "--detections", tmp_path / "dets.json")
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    assert "entry 1 (image b.png" in err and "segmentation" in err
+    assert "entry 1 (image b.png" in err and ("segmentation" in err or "keypoints" in err)
     files = pd.read_parquet(out / "report" / "files").set_index("input")
     assert files.status.to_dict() == {"a.png": "ok", "b.png": "failed"}
     assert (out / "a.png").is_file() and not (out / "b.png").exists()

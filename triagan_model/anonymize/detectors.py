@@ -128,7 +128,10 @@ class CocoDetections:
             mask = _decode_segmentation(r.get("segmentation"), hw, where)
             kp = None
             if "keypoints" in r:
-                kp = np.asarray(r["keypoints"], np.float32)
+                try:
+                    kp = np.asarray(r["keypoints"], np.float32)
+                except (TypeError, ValueError):  # null or text entries: this file fails alone
+                    kp = np.zeros(0)
                 if kp.size != 51:
                     raise DetectionError(f"{where}: keypoints must be 17 x [x, y, v]")
                 kp = kp.reshape(17, 3)

@@ -91,7 +91,7 @@ def resolve_truncation(
     try:
         centres, _ = load_centres(path)
     except Exception as exn:  # truncated safetensors (SafetensorError), foreign file, ...
-        raise ConfigError(f"--clusters {path}: cannot read w centres ({exn}); write them with "
+        raise ConfigError(f"w centres file {path}: cannot be read ({exn}); write it with "
                           "`triagan clusters`") from exn  # fmt: skip
     return TruncationPlan(psi, centres.float(), centre_rule, str(path))
 

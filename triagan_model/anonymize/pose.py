@@ -87,7 +87,7 @@ def build_pose(name: str, checkpoint: str | None = None, **options: Any) -> Pose
     except Exception as exn:  # a missing or foreign checkpoint is the user's to fix, not a trace
         raise PoseError(
             f"pose backend {name!r} could not load --pose-weights {checkpoint}: "
-            f"{type(exn).__name__}: {exn}; pass the backend's local checkpoint file or directory"
+            f"{type(exn).__name__}: {exn}"
         ) from exn
     if not isinstance(backend, PoseEstimator):  # checked once, here, not probed per call
         raise PoseError(
