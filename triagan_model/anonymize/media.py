@@ -4,11 +4,15 @@ Images keep their size, mode and format: the EXIF orientation is applied on read
 stored upright, orientation tag gone), greyscale is processed as RGB and stored as greyscale
 again, alpha is put back unchanged, 16-bit, CMYK and palette images are converted with a
 warning. Metadata (EXIF incl. GPS, XMP) is stripped; the ICC profile is kept; `keep_metadata`
-keeps EXIF minus GPS. JPEG is written at `jpeg_quality` with 4:4:4 chroma.
+keeps EXIF minus GPS. JPEG (and MPO, phones' JPEG with a preview image: its primary image, with
+a warning) is written at `jpeg_quality` with 4:4:4 chroma. A multi-frame image (animated
+WebP/PNG, multi-page TIFF) fails its file rather than losing frames 1.. silently.
 
 Videos go through PyAV: every decoded frame (the decoder is flushed) is anonymised and encoded
 with its own pts in the input's time base, at the input's frame rate; audio is dropped unless
-`keep_audio`, which copies its packets unchanged.
+`keep_audio`, which copies its packets unchanged. The encoder works in the input's time base, so
+variable-frame-rate timestamps survive; a file whose muxed video packets differ in number from
+the decoded frames fails, with no output.
 
 Every output is written under a temporary name in its directory and renamed, through the
 package's one writer (`triagan_model.atomic.atomic_path`).
@@ -230,6 +234,9 @@ def transcode_video(src, dst, process: Callable[[int, np.ndarray], np.ndarray], 
                 out.close()
             if n_in == 0:
                 raise MediaError(f"{src}: no decodable video frame (zero-size or truncated)")
+            if n_out != n_in:  # raised inside atomic_path: the partial output is discarded
+                raise MediaError(f"{src}: {n_in} frames decoded but {n_out} encoded; "
+                                 "no output written")  # fmt: skip
     except av.error.FFmpegError as exn:
         raise MediaError(f"{src}: video decoding or encoding failed ({exn})") from exn
     finally:

@@ -21,8 +21,12 @@ with --pose-weights). Identity: one latent per person (image) or track (video), 
 Truncation: psi (--truncation, default 0) toward the nearest w centre (--clusters, or
 G_DIR/w_centers.safetensors); without centres at psi 0 the run is refused (exit 2).
 
+Rerunning the same command resumes; an --out made with other settings is refused unless
+--overwrite (which redoes every file); an output never replaces an input.
+
 exit status: 0 all done; 1 some input failed (named in the report, the rest done); 2 a
-configuration error (missing weights or centres, sha256 mismatch, bad flag).
+configuration error (missing weights or centres, sha256 mismatch, bad flag, --out holding
+other settings or an input, bf16 without CUDA).
 
 examples:
   triagan anonymize photo.jpg --out anon/ --weights W --detections dets.json --clusters C
