@@ -61,6 +61,10 @@ class AnonymizeSettings:
             raise ConfigError(f"--crop-interpolation must be one of {INTERPOLATION_RULES}")
         if self.batch_size < 1 or self.hold_frames < 0:
             raise ConfigError("--batch-size must be >= 1 and --hold-frames >= 0")
+        if self.precision == "bf16" and not str(self.device).startswith("cuda"):
+            # autocast is CUDA-only here: a bf16 run on CPU would compute and record fp32
+            raise ConfigError(f"--precision bf16 needs a CUDA device, not {self.device}; "
+                              "use --precision fp32")  # fmt: skip
 
 
 @dataclass
@@ -98,7 +102,11 @@ class Anonymizer:
                    max_res: int | None = None) -> Anonymizer:  # fmt: skip
         """Load the generator weights directory, the detector and the pose backend."""
         from triagan_model.anonymize.detectors import CocoDetections, MaskRCNNDetector
-        from triagan_model.anonymize.identity import GeneratorSynthesiser, resolve_truncation
+        from triagan_model.anonymize.identity import (
+            GeneratorSynthesiser,
+            check_centres,
+            resolve_truncation,
+        )
         from triagan_model.anonymize.pose import build_pose
         from triagan_model.weights import load_generator, read_weights_dir
 
@@ -110,6 +118,7 @@ class Anonymizer:
             raise ConfigError(f"generator {generator}: {exn}") from exn
         plan = resolve_truncation(generator, psi=s.truncation, multi_modal=s.multi_modal,
                                   clusters=s.clusters, centre_rule=s.centre_rule)  # fmt: skip
+        check_centres(plan, G.cfg.w_dim)
         synth = GeneratorSynthesiser(G, plan, seed=s.seed, precision=s.precision)
         if isinstance(detector, tuple):
             kind, path = detector

@@ -30,6 +30,17 @@ class DetectionError(ValueError):
 
 
 def _decode_segmentation(seg: Any, hw: tuple[int, int], where: str) -> np.ndarray:
+    try:
+        return _decode(seg, hw, where)
+    except DetectionError:
+        raise
+    except Exception as exn:  # pycocotools' TypeError/ValueError on a malformed polygon or RLE
+        raise DetectionError(f"{where}: malformed segmentation ({type(exn).__name__}: {exn}); "
+                             "give an RLE dict with size and counts, or polygons of >= 3 "
+                             "points [x0, y0, x1, y1, ...]") from exn  # fmt: skip
+
+
+def _decode(seg: Any, hw: tuple[int, int], where: str) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     h, w = hw
@@ -65,6 +76,7 @@ class CocoDetections:
             raise ConfigError(f"{self.path}: not a JSON file ({exn})") from exn
         self.score_threshold = score_threshold
         self.entries: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        self._n_read = 0
         if isinstance(doc, dict):
             names = {im["id"]: im["file_name"] for im in doc.get("images", [])}
             rows = doc.get("annotations", [])
@@ -89,6 +101,9 @@ class CocoDetections:
         self.has_keypoints = any("keypoints" in r for v in self.entries.values() for r in v)
 
     def _add(self, r: dict) -> None:
+        # the entry's index in its list, so an error names the annotation to fix
+        r = {**r, "_entry": self._n_read}
+        self._n_read += 1
         if r.get("category_id", 1) != 1:
             return
         self.entries[(str(Path(r["file_name"]).as_posix()), int(r.get("frame", 0)))].append(r)
@@ -108,11 +123,15 @@ class CocoDetections:
             score = float(r.get("score", 1.0))
             if score < self.score_threshold:
                 continue
-            where = f"{self.path}: {name} frame {frame} detection {j}"
+            where = (f"{self.path}: entry {r['_entry']} (image {name} frame {frame}, "
+                     f"detection {j})")  # fmt: skip
             mask = _decode_segmentation(r.get("segmentation"), hw, where)
             kp = None
             if "keypoints" in r:
-                kp = np.asarray(r["keypoints"], np.float32)
+                try:
+                    kp = np.asarray(r["keypoints"], np.float32)
+                except (TypeError, ValueError):  # null or text entries: this file fails alone
+                    kp = np.zeros(0)
                 if kp.size != 51:
                     raise DetectionError(f"{where}: keypoints must be 17 x [x, y, v]")
                 kp = kp.reshape(17, 3)

@@ -90,9 +90,19 @@ def resolve_truncation(
         return TruncationPlan(psi, None, centre_rule)
     try:
         centres, _ = load_centres(path)
-    except (FileNotFoundError, ValueError) as exn:
-        raise ConfigError(str(exn)) from exn
+    except Exception as exn:  # truncated safetensors (SafetensorError), foreign file, ...
+        raise ConfigError(f"w centres file {path}: cannot be read ({exn}); write it with "
+                          "`triagan clusters`") from exn  # fmt: skip
     return TruncationPlan(psi, centres.float(), centre_rule, str(path))
+
+
+def check_centres(plan: TruncationPlan, w_dim: int) -> None:
+    """Centres must be (K, w_dim) for this generator; else every file would fail on a matmul."""
+    c = plan.centres
+    if c is not None and (c.ndim != 2 or c.shape[0] == 0 or c.shape[1] != w_dim):
+        raise ConfigError(f"w centres {plan.source} have shape {tuple(c.shape)}, the generator "
+                          f"needs (K, {w_dim}): make them with `triagan clusters` for these "
+                          "weights")  # fmt: skip
 
 
 def truncate_w(

@@ -4,11 +4,15 @@ Images keep their size, mode and format: the EXIF orientation is applied on read
 stored upright, orientation tag gone), greyscale is processed as RGB and stored as greyscale
 again, alpha is put back unchanged, 16-bit, CMYK and palette images are converted with a
 warning. Metadata (EXIF incl. GPS, XMP) is stripped; the ICC profile is kept; `keep_metadata`
-keeps EXIF minus GPS. JPEG is written at `jpeg_quality` with 4:4:4 chroma.
+keeps EXIF minus GPS. JPEG (and MPO, phones' JPEG with a preview image: its primary image, with
+a warning) is written at `jpeg_quality` with 4:4:4 chroma. A multi-frame image (animated
+WebP/PNG, multi-page TIFF) fails its file rather than losing frames 1.. silently.
 
 Videos go through PyAV: every decoded frame (the decoder is flushed) is anonymised and encoded
 with its own pts in the input's time base, at the input's frame rate; audio is dropped unless
-`keep_audio`, which copies its packets unchanged.
+`keep_audio`, which copies its packets unchanged. The encoder works in the input's time base, so
+variable-frame-rate timestamps survive; a file whose muxed video packets differ in number from
+the decoded frames fails, with no output.
 
 Every output is written under a temporary name in its directory and renamed, through the
 package's one writer (`triagan_model.atomic.atomic_path`).
@@ -56,10 +60,23 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     notes: list[str] = []
     try:
         with Image.open(path) as im:
+            fmt, n_frames = im.format or "PNG", getattr(im, "n_frames", 1)
+            if fmt == "MPO":  # a phone JPEG with a preview/depth image after the primary one
+                fmt = "JPEG"
+                if n_frames > 1:
+                    notes.append(f"{path}: MPO with {n_frames} images: only the primary one is "
+                                 "anonymised and written, as a plain JPEG")  # fmt: skip
+            elif n_frames > 1:  # nothing silently dropped: frames 1.. would be lost
+                raise MediaError(
+                    f"{path}: {n_frames} frames: animated or multi-page images "
+                    "are not supported; convert to a video or split the pages"
+                )
             im.load()
-            fmt, icc, exif = im.format or "PNG", im.info.get("icc_profile"), im.getexif()
+            icc, exif = im.info.get("icc_profile"), im.getexif()
             im = ImageOps.exif_transpose(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exn:
+        if isinstance(exn, MediaError):
+            raise
         raise MediaError(
             f"{path}: not a readable image ({exn}); replace or remove the file"
         ) from exn
@@ -71,7 +88,9 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     if mode in ("I", "F", "CMYK", "P", "PA", "1", "YCbCr", "LAB", "HSV"):
         has_alpha = mode in ("PA",) or (mode == "P" and "transparency" in im.info)
         im = im.convert("RGBA" if has_alpha else "RGB")
-        if mode not in ("P", "1"):
+        if mode == "P":  # the output is stored as full colour, not re-quantised
+            notes.append(f"{path}: palette (P) image converted to {im.mode}; written as {im.mode}")
+        elif mode != "1":
             notes.append(f"{mode} image converted to {im.mode} (8-bit) for anonymisation")
         mode = "L" if mode in ("I", "F", "1") else im.mode
     if im.mode in ("RGBA", "LA"):
@@ -148,13 +167,21 @@ def video_info(path) -> tuple[float, int]:
         container.close()
 
 
-def _encode(out, ostream, rgb: np.ndarray, pts: int | None, time_base) -> None:
+def _encode(out, ostream, rgb: np.ndarray, pts: int | None, time_base) -> int:
+    """Encode one frame; returns the number of packets muxed (encoders may delay them)."""
     import av
 
     vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=ostream.pix_fmt)
     vf.pts, vf.time_base = pts, time_base
-    for packet in ostream.encode(vf):
+    return _mux(out, ostream.encode(vf))
+
+
+def _mux(out, packets) -> int:
+    n = 0
+    for packet in packets:
         out.mux(packet)
+        n += 1
+    return n
 
 
 def transcode_video(src, dst, process: Callable[[int, np.ndarray], np.ndarray], *,
@@ -182,6 +209,9 @@ def transcode_video(src, dst, process: Callable[[int, np.ndarray], np.ndarray], 
                 ostream.width, ostream.height = w, h
                 ostream.pix_fmt = CODECS[codec]
                 ostream.time_base = vin.time_base
+                # the encoder's own time base too: left at 1/rate, a variable-frame-rate input's
+                # pts are rounded onto the rate grid, two frames share one and mpeg4 refuses it
+                ostream.codec_context.time_base = vin.time_base
                 if codec == "libx264":
                     ostream.options = {"crf": str(crf)}
                 aout = out.add_stream_from_template(ain) if ain is not None else None
@@ -195,14 +225,18 @@ def transcode_video(src, dst, process: Callable[[int, np.ndarray], np.ndarray], 
                     for frame in packet.decode():  # the None packet at the end flushes
                         n_in += 1
                         rgb = frame.to_ndarray(format="rgb24")
-                        _encode(out, ostream, process(n_in - 1, rgb), frame.pts, vin.time_base)
-                        n_out += 1
-                for packet in ostream.encode(None):
-                    out.mux(packet)
+                        rgb = process(n_in - 1, rgb)
+                        n_out += _encode(out, ostream, rgb, frame.pts, vin.time_base)
+                # n_out counts the video packets really muxed (libx264, mpeg4 and ffv1 emit one
+                # per frame, delayed or not), so a frame lost on the way shows as in != out
+                n_out += _mux(out, ostream.encode(None))
             finally:
                 out.close()
             if n_in == 0:
                 raise MediaError(f"{src}: no decodable video frame (zero-size or truncated)")
+            if n_out != n_in:  # raised inside atomic_path: the partial output is discarded
+                raise MediaError(f"{src}: {n_in} frames decoded but {n_out} encoded; "
+                                 "no output written")  # fmt: skip
     except av.error.FFmpegError as exn:
         raise MediaError(f"{src}: video decoding or encoding failed ({exn})") from exn
     finally:

@@ -82,7 +82,13 @@ def build_pose(name: str, checkpoint: str | None = None, **options: Any) -> Pose
         builder = eps[0].load()
     except Exception as exn:  # a broken plugin must not be a traceback
         raise PoseError(f"pose backend {name!r} ({eps[0].value}) failed to import: {exn}") from exn
-    backend = builder(checkpoint, **options)
+    try:
+        backend = builder(checkpoint, **options)
+    except Exception as exn:  # a missing or foreign checkpoint is the user's to fix, not a trace
+        raise PoseError(
+            f"pose backend {name!r} could not load --pose-weights {checkpoint}: "
+            f"{type(exn).__name__}: {exn}"
+        ) from exn
     if not isinstance(backend, PoseEstimator):  # checked once, here, not probed per call
         raise PoseError(
             f"pose backend {name!r} ({eps[0].value}) does not provide the "

@@ -1,14 +1,18 @@
 """Files, folders and videos for `triagan anonymize` (anonymize-spec 4.7, 4.8).
 
-Inputs are files or directories (recursive, sorted); `OUT` mirrors their relative paths and may
-not lie inside an input. Each rank (`--rank/--world-size`) takes every world_size-th file. A
-file whose output and completion marker (`OUT/.done/<rel>.json`, holding its report rows and
-the settings fingerprint) exist is skipped, so rerunning the same command resumes; outputs are
-written atomically. A file that fails (unreadable, detections of the wrong size, ...) gets a
-`failed` row with the message, no output, and the run goes on with exit status 1.
+Inputs are files or directories (recursive, sorted); `OUT` mirrors their relative paths, may
+not lie inside an input nor contain one, and no output may resolve to an input. Each rank
+(`--rank/--world-size`) takes every world_size-th file. A file whose output and completion
+marker (`OUT/.done/<rel>.json`, holding its report rows, the settings fingerprint and the
+input's size and mtime) exist and match is skipped, so rerunning the same command resumes and
+an edited input is redone; outputs are written atomically. A file that fails (unreadable,
+detections of the wrong size, ...) gets a `failed` row with the message, no output, and the run
+goes on with exit status 1.
 Reports: `OUT/report/persons/persons-{rank}.parquet` (a row per person per frame) and
 `OUT/report/files/files-{rank}.parquet` (a row per file), rebuilt from the markers;
-`OUT/summary.json` (or `summary-{rank}.json` under several ranks) and `OUT/run.json`.
+`OUT/summary.json` (or `summary-{rank}.json` under several ranks) and `OUT/run.json`; reports of
+ranks >= world_size (left by an earlier run with more ranks) are removed. The summary's rates
+count only the files processed by this run.
 """
 
 from __future__ import annotations
@@ -67,7 +71,24 @@ def collect(inputs: list[str], out: Path) -> list[Item]:
                 f"{it.path} and {seen[it.rel]} would both be written to {out / it.rel}"
             )
         seen[it.rel] = it.path
+    _refuse_overwriting_inputs(items, out)
     return items
+
+
+def _refuse_overwriting_inputs(items: list[Item], out: Path) -> None:
+    """Outputs never replace inputs (as in `fdhclean refine`): `a.png --out .` would write its
+    result over a.png, and a file input inside OUT would be mixed with the outputs."""
+    inputs = {it.path.resolve(): it.path for it in items}
+    out_r = out.resolve()
+    for it in items:
+        dst = (out / it.rel).resolve()
+        if dst in inputs:
+            raise ConfigError(f"--out {out} would overwrite the input {inputs[dst]} with its "
+                              "anonymised copy: choose another --out folder")  # fmt: skip
+        src = it.path.resolve()
+        if out_r in src.parents:
+            raise ConfigError(f"the input {it.path} lies inside --out {out}: choose another "
+                              "--out folder")  # fmt: skip
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -80,6 +101,12 @@ def _marker(out: Path, rel: str) -> Path:
     return out / ".done" / f"{rel}.json"
 
 
+def _source(item: Item) -> dict[str, int]:
+    """What identifies the input's content cheaply: an edited input is redone on resume."""
+    st = item.path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _done(out: Path, item: Item, fp: str) -> dict | None:
     m = _marker(out, item.rel)
     if not (m.is_file() and (out / item.rel).is_file()):
@@ -88,7 +115,9 @@ def _done(out: Path, item: Item, fp: str) -> dict | None:
         doc = json.loads(m.read_text())
     except ValueError:
         return None
-    return doc if doc.get("fingerprint") == fp else None
+    if doc.get("fingerprint") != fp or doc.get("source") != _source(item):
+        return None
+    return doc
 
 
 def _image(anon: Anonymizer, item: Item, dst: Path, opts: dict) -> tuple[list[dict], int]:
@@ -120,8 +149,6 @@ def _video(anon: Anonymizer, item: Item, dst: Path, opts: dict) -> tuple[list[di
     t0 = time.perf_counter()
     r = media.transcode_video(item.path, dst, process, codec=opts["codec"], crf=opts["crf"],
                               keep_audio=opts["keep_audio"])  # fmt: skip
-    if r.frames_in != r.frames_out:
-        raise media.MediaError(f"{item.path}: {r.frames_in} frames in, {r.frames_out} out")
     anon.timings["video_total"] = anon.timings.get("video_total", 0.0) + time.perf_counter() - t0
     return rows, r.frames_out
 
@@ -137,9 +164,10 @@ def process_file(anon: Anonymizer, item: Item, out: Path, fp: str, opts: dict) -
         # RuntimeError: torch or PyAV failing on this file's content; the run goes on
         dst.unlink(missing_ok=True)
         rows, frames, status, error = [], 0, "failed", str(exn)
-    doc = {"fingerprint": fp, "file": {"input": item.rel, "kind": item.kind, "status": status,
-           "error": error, "frames": frames, "persons": len(rows),
-           "seconds": round(time.perf_counter() - t0, 4)}, "persons": rows}  # fmt: skip
+    doc = {"fingerprint": fp, "source": _source(item),
+           "file": {"input": item.rel, "kind": item.kind, "status": status, "error": error,
+                    "frames": frames, "persons": len(rows),
+                    "seconds": round(time.perf_counter() - t0, 4)}, "persons": rows}  # fmt: skip
     if status != "failed":
         with atomic_path(_marker(out, item.rel)) as tmp:
             Path(tmp).write_text(json.dumps(doc, default=_json_default))
@@ -152,7 +180,10 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: float) -> dict:
+def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: float,
+                  new: list[dict] | None = None) -> dict:  # fmt: skip
+    """Reports of every file of this rank (`docs`, skipped ones included); the rates count only
+    `new`, the files processed by this run (default: all of `docs`)."""
     import pandas as pd
 
     from triagan_model.anonymize.report import persons_table
@@ -162,8 +193,10 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     for name, table in (("files", files), ("persons", persons)):
         with atomic_path(out / "report" / name / f"{name}-{rank}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    n_frames = int(files["frames"].sum()) if len(files) else 0
-    n_persons = len(persons)
+    _remove_stale_reports(out, world)
+    new = docs if new is None else new
+    n_frames = sum(int(d["file"]["frames"]) for d in new)
+    n_persons = sum(len(d["persons"]) for d in new)
 
     def counts(df) -> dict[str, int]:
         return {k: int(v) for k, v in df["status"].value_counts().items()} if len(df) else {}
@@ -171,7 +204,8 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     summary = {
         "files": counts(files),
         "persons": counts(persons),
-        "frames": n_frames, "seconds": round(elapsed, 3),
+        "frames": int(files["frames"].sum()) if len(files) else 0,
+        "processed_files": len(new), "processed_frames": n_frames, "seconds": round(elapsed, 3),
         "persons_per_s": round(n_persons / elapsed, 3) if elapsed > 0 else None,
         "frames_per_s": round(n_frames / elapsed, 3) if elapsed > 0 else None,
         "rank": rank, "world_size": world,
@@ -180,3 +214,18 @@ def write_reports(out: Path, docs: list[dict], rank: int, world: int, elapsed: f
     with atomic_path(out / name) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _remove_stale_reports(out: Path, world: int) -> None:
+    """A rerun with a smaller world size would leave ranks >= world_size's reports beside the new
+    ones (and a reader of report/persons would count their files twice): remove them. Every rank
+    may do it, as no rank of this world size writes those names."""
+    for name in ("files", "persons"):
+        for f in (out / "report" / name).glob(f"{name}-*.parquet"):
+            k = f.name[len(name) + 1 : -len(".parquet")]
+            if k.isdigit() and int(k) >= world:
+                f.unlink(missing_ok=True)
+    for f in out.glob("summary*.json"):
+        k = f.stem.partition("-")[2]
+        if (world == 1 and k) or (world > 1 and (not k or (k.isdigit() and int(k) >= world))):
+            f.unlink(missing_ok=True)

@@ -21,8 +21,12 @@ with --pose-weights). Identity: one latent per person (image) or track (video), 
 Truncation: psi (--truncation, default 0) toward the nearest w centre (--clusters, or
 G_DIR/w_centers.safetensors); without centres at psi 0 the run is refused (exit 2).
 
+Rerunning the same command resumes; an --out made with other settings is refused unless
+--overwrite (which redoes every file); an output never replaces an input.
+
 exit status: 0 all done; 1 some input failed (named in the report, the rest done); 2 a
-configuration error (missing weights or centres, sha256 mismatch, bad flag).
+configuration error (missing weights or centres, sha256 mismatch, bad flag, --out holding
+other settings or an input, bf16 without CUDA).
 
 examples:
   triagan anonymize photo.jpg --out anon/ --weights W --detections dets.json --clusters C
@@ -108,6 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--jpeg-quality", type=int, default=95)
     v.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     v.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    v.add_argument("--overwrite", action="store_true",
+                   help="redo every file of an --out made with other settings")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings")
     p.set_defaults(func=run)
 
@@ -205,20 +211,45 @@ def _run_files(args, anon) -> int:
                "world_size": args.world_size}  # fmt: skip
     from triagan_model.atomic import atomic_path
 
+    _claim(out, run_doc, args.overwrite)
     with atomic_path(out / "run.json") as tmp:
         Path(tmp).write_text(json.dumps(run_doc, indent=2, default=str) + "\n")
-    t0, docs, skipped = time.perf_counter(), [], 0
+    t0, docs, new, skipped = time.perf_counter(), [], [], 0
     for it in mine:
         doc = done_marker(out, it, fp)
         if doc is None:
             doc = process_file(anon, it, out, fp, opts)
+            new.append(doc)
             if doc["file"]["status"] == "failed":
                 print(f"triagan anonymize: {it.path}: {doc['file']['error']}", file=sys.stderr)
         else:
             skipped += 1
         docs.append(doc)
-    summary = write_reports(out, docs, args.rank, args.world_size, time.perf_counter() - t0)
+    summary = write_reports(out, docs, args.rank, args.world_size, time.perf_counter() - t0,
+                            new=new)  # fmt: skip
     print(f"anonymised {len(mine) - skipped} file(s), {skipped} already done; files "
           f"{summary['files']}, persons {summary['persons']}\noutputs: {out}\n"
           f"report: {out}/report/persons, {out}/report/files")  # fmt: skip
     return 1 if summary["files"].get("failed") else 0
+
+
+def _claim(out, run_doc: dict, overwrite: bool) -> None:
+    """Refuse an --out made with other settings unless --overwrite (as `fdhclean refine`):
+    resuming it would mix outputs of two configurations."""
+    from triagan_model.anonymize.identity import ConfigError
+
+    path = out / "run.json"
+    if overwrite or not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except ValueError:
+        return  # an unreadable record protects nothing; the markers still decide per file
+    if previous.get("fingerprint") in (None, run_doc["fingerprint"]):
+        return
+    old, new = previous.get("settings", {}), json.loads(json.dumps(run_doc["settings"],
+                                                                   default=str))  # fmt: skip
+    changed = [k for k in sorted(set(old) | set(new)) if k != "device" and old.get(k) != new.get(k)]
+    raise ConfigError(f"{out} holds a run made with other settings (changed: "
+                      f"{', '.join(changed) or 'provenance'}); use a new --out, or --overwrite "
+                      "to redo every file with the new settings")  # fmt: skip
