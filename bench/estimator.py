@@ -84,11 +84,22 @@ def library_rate(path: Path, items, device: str) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
+_LOADED: dict[tuple, object] = {}
+
+
 def _estimator(path: Path, device: str, batch: int, flip: bool, dtype: str = "auto"):
+    """One load per (weights, device, dtype): ViTPose-H is 2.5 GB, and loading it for each
+    batch size and flip setting would cost more than timing them. Batch size and flip test are
+    plain attributes of the vitpose-hf backend, read at each call."""
     from fdhclean.estimators import build_estimator
 
-    return build_estimator("vitpose-hf", checkpoint=path, device=device, batch_size=batch,
-                           flip_test=flip, dtype=dtype)  # fmt: skip
+    key = (str(path), device, dtype)
+    if key not in _LOADED:
+        _LOADED[key] = build_estimator("vitpose-hf", checkpoint=path, device=device,
+                                       batch_size=batch, flip_test=flip, dtype=dtype)  # fmt: skip
+    est = _LOADED[key]
+    est.batch_size, est.flip_test = batch, flip
+    return est
 
 
 def our_rate(path: Path, items, device: str, batch: int, flip: bool, workers: int,
