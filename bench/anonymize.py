@@ -58,10 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also compare batched with one-by-one generation (max grey-level diff)",
     )
     p.add_argument("--json", default=None, help="append one JSON line per case to this file")
-    p.add_argument("--smoke", action="store_true", help="1 and 2 persons, 1 frame, CPU fp32")
+    p.add_argument("--smoke", action="store_true", help="E-tiny 72x40, 1-2 persons, 1 frame, CPU")
     args = p.parse_args(argv)
     if args.smoke:
-        args.persons, args.frames, args.device, args.precision = [1, 2], 1, "cpu", "fp32"
+        args.config, args.stage, args.persons, args.frames = "E-tiny", "72x40", [1, 2], 1
+        args.device, args.precision = "cpu", "fp32"
     return args
 
 

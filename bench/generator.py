@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.configs, args.resolutions, args.modes = ["E-tiny"], ["18x10"], ["eager"]
         args.device, args.iters, args.warmup, args.large_batch = "cpu", 1, 0, 2
+        args.dtype = "fp32"
     return args
 
 
