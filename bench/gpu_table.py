@@ -87,14 +87,14 @@ def train_rows(r: dict) -> list[list[str]]:
 
 def anonymize_rows(r: dict) -> list[list[str]]:
     case = f"{r['config']} {r['stage']} {r['precision']}, {r['persons']} persons/frame"
-    rows = [["anonymize", case,
-             f"{r['persons_per_s']:.1f} persons/s, {r['frames_per_s']:.2f} frames/s", "-", ""]]
+    rate = f"{r['persons_per_s']:.1f} persons/s, {r['frames_per_s']:.2f} frames/s"
+    rows = [["anonymize", case, rate, "-", ""]]
     diff = r.get("batched_vs_sequential_max_grey")
     if diff is not None:
         verdict = "PASS" if diff <= 1 else "FAIL"
         rows.append(["anonymize", f"{case}: batched vs sequential", f"max {diff} grey levels",
                      "<= 1", verdict])  # fmt: skip
-    return rows  # fmt: skip
+    return rows
 
 
 def pytest_rows(out: Path) -> list[list[str]]:

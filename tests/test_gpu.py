@@ -4,7 +4,8 @@ sequential in the anonymiser on CUDA in bf16, and torch.compile of the generator
 
 Marked `gpu` (conftest skips them without CUDA). `TRIAGAN_GPU_TESTS_ON_CPU=1` drops the marker
 and runs the same checks on the CPU at tiny sizes (`bash bench/gpu.sh --smoke` does): that
-proves the code of each check runs, not the GPU numerics.
+proves the code of each check runs, not the GPU numerics. The last tests (unmarked, CPU) check
+the verdicts of bench/gpu_table.py, the table bench/gpu.sh prints.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ torch = pytest.importorskip("torch")
 
 ON_CPU = os.environ.get("TRIAGAN_GPU_TESTS_ON_CPU") == "1"
 DEVICE = "cpu" if ON_CPU else "cuda"
-pytestmark = [] if ON_CPU else [pytest.mark.gpu]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def on_gpu(test):
+    """The `gpu` mark, unless TRIAGAN_GPU_TESTS_ON_CPU=1."""
+    return test if ON_CPU else pytest.mark.gpu(test)
 
 
 def _vitpose_dir(path: Path) -> Path:
@@ -48,6 +54,7 @@ def _pose_items(synth_root: Path, n: int):
     return np.stack(images), np.stack([np.asarray(b, dtype=np.float64) for b in boxes])
 
 
+@on_gpu
 def test_vitpose_bf16_channels_last_heatmaps_match_fp32(synth_root, tmp_path):
     from fdhclean.estimators import build_estimator
 
@@ -106,6 +113,7 @@ def _batch(b: int, hw: tuple[int, int], device) -> dict:
 STAGES = ["18x10"] if ON_CPU else ["18x10", "288x160"]
 
 
+@on_gpu
 @pytest.mark.parametrize("stage", STAGES)
 def test_config_e_train_step_bf16_finite(stage):
     """Two D+G steps of Config E (E-tiny on the CPU) under the loop's bf16 autocast."""
@@ -157,6 +165,7 @@ def _generator_dir(out: Path, config: str, stage: str) -> Path:
     return weights
 
 
+@on_gpu
 def test_anonymiser_batched_equals_sequential_within_one_grey_level(tmp_path):
     from anonymize_helpers import scenes_module
 
@@ -178,6 +187,7 @@ def test_anonymiser_batched_equals_sequential_within_one_grey_level(tmp_path):
     assert np.abs(outputs[0] - outputs[1]).max() <= 1
 
 
+@on_gpu
 @pytest.mark.skipif(ON_CPU, reason="inductor's CPU compile takes minutes on 2 cores")
 def test_generator_torch_compile_matches_eager():
     from triagan_model.configs import get_config
@@ -202,3 +212,51 @@ def test_generator_torch_compile_matches_eager():
     assert torch.isfinite(got).all()
     # fp32 both ways; inductor fuses and reorders sums, so equal to a few 1e-4 in [-1, 1].
     torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+
+
+def _gpu_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_table", ROOT / "bench" / "gpu_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _vitpose(rate: float, flip: bool = True, smoke: bool = False) -> dict:
+    return {"part": "vitpose", "variant": "huge", "path": "model", "batch": 64, "flip": flip,
+            "dtype": "bf16", "workers": 8, "smoke": smoke, "images_per_s": rate}  # fmt: skip
+
+
+def test_gpu_table_verdicts(tmp_path):
+    """Targets missed are FAIL rows, met are PASS, smoke runs get none; a part that timed out
+    and a failing pytest run show as FAIL; nvidia-smi samples are averaged."""
+    import json
+
+    records = [_vitpose(982.9), _vitpose(983.0), _vitpose(10.0, flip=False),
+               _vitpose(5.0, smoke=True),
+               {"part": "refine", "samples": 4096, "seconds": 12.0, "samples_1": 512,
+                "seconds_1": 8.0, "workers": 8, "device": "cuda", "smoke": False},
+               {"part": "anonymize", "config": "E", "stage": "288x160", "persons": 8,
+                "device": "cuda", "precision": "bf16", "smoke": False, "frames_per_s": 2.0,
+                "persons_per_s": 16.0, "batched_vs_sequential_max_grey": 2},
+               {"part": "_status", "name": "train-step", "rc": 124, "seconds": 80}]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "refine_util.csv").write_text("0\n90\n90 %\n\n")
+    (tmp_path / "pytest.xml").write_text(
+        '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1"/></testsuites>'
+    )
+    rows = _gpu_table().table(tmp_path)
+    verdicts = [(row[0], row[2], row[4]) for row in rows]
+    assert verdicts[0] == ("pytest", "3 passed, 1 failed, 1 skipped", "FAIL")
+    assert [v for _, _, v in verdicts[1:5]] == ["FAIL", "PASS", "", "n/a (smoke)"]
+    steady = next(row for row in rows if row[1].startswith("steady"))
+    assert steady[2].startswith("896.0 samples/s") and steady[4] == "FAIL"  # 3584 / 4 s
+    assert any(row[2] == "mean 60 %, 2/3 samples busy" for row in rows)
+    assert ("anonymize", "max 2 grey levels", "FAIL") in verdicts
+    assert ("train-step", "timed out after 80 s (see log)", "FAIL") in verdicts
+
+
+def test_gpu_table_refuses_a_missing_folder(tmp_path, capsys):
+    assert _gpu_table().main([str(tmp_path / "nowhere")]) == 2
+    assert "usage" in capsys.readouterr().out
