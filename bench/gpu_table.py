@@ -114,6 +114,8 @@ def pytest_rows(out: Path) -> list[list[str]]:
 def status_rows(r: dict) -> list[list[str]]:
     if r["rc"] == 0:
         return []
+    if r["rc"] < 0:  # gpu.sh did not start it
+        return [[r["name"], "part not run", "the 8-minute budget was spent", "-", "FAIL"]]
     why = "timed out" if r["rc"] in (124, 137) else f"exit {r['rc']}"
     return [[r["name"], "part did not finish", f"{why} after {r['seconds']:.0f} s (see log)",
              "-", "FAIL"]]  # fmt: skip

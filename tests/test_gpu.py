@@ -240,7 +240,8 @@ def test_gpu_table_verdicts(tmp_path):
                {"part": "anonymize", "config": "E", "stage": "288x160", "persons": 8,
                 "device": "cuda", "precision": "bf16", "smoke": False, "frames_per_s": 2.0,
                 "persons_per_s": 16.0, "batched_vs_sequential_max_grey": 2},
-               {"part": "_status", "name": "train-step", "rc": 124, "seconds": 80}]  # fmt: skip
+               {"part": "_status", "name": "train-step", "rc": 124, "seconds": 80},
+               {"part": "_status", "name": "anonymize", "rc": -1, "seconds": 0}]  # fmt: skip
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "refine_util.csv").write_text("0\n90\n90 %\n\n")
     (tmp_path / "pytest.xml").write_text(
@@ -255,6 +256,7 @@ def test_gpu_table_verdicts(tmp_path):
     assert any(row[2] == "mean 60 %, 2/3 samples busy" for row in rows)
     assert ("anonymize", "max 2 grey levels", "FAIL") in verdicts
     assert ("train-step", "timed out after 80 s (see log)", "FAIL") in verdicts
+    assert ("anonymize", "the 8-minute budget was spent", "FAIL") in verdicts
 
 
 def test_gpu_table_refuses_a_missing_folder(tmp_path, capsys):
