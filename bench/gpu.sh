@@ -11,11 +11,12 @@
 #
 # Python: $PYTHON, else .venv/bin/python (scripts/setup.sh), else python3. Results land in
 # $GPU_SUITE_OUT, else $OUT (the device tool's folder), else a fresh temporary folder:
-# results.jsonl, pytest.xml, refine_util.csv, one log per part, table.md.
+# results.jsonl, pytest.xml, refine_util.csv, logs.txt (every part's output), table.md.
 # Each part has its own `timeout`, cut to what is left of the 470 s budget, so the whole run
 # ends inside 8 minutes; a part that times out shows as FAIL and the rest still run.
 # Exit status: 0 when every part finished (a target missed is a FAIL row, not an exit code),
-# 1 when a part failed or timed out, 2 when there is no CUDA device without --smoke.
+# 1 when a part failed or timed out, 2 when a module is missing or, without --smoke, there is
+# no CUDA device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,19 +35,43 @@ DIR=${GPU_SUITE_OUT:-${OUT:-$(mktemp -d /tmp/gpu-suite.XXXXXX)}}
 mkdir -p "$DIR"
 RES=$DIR/results.jsonl
 WORK=$(mktemp -d /tmp/gpu-suite-work.XXXXXX)
+LOGS=$WORK/logs  # gathered into DIR/logs.txt at the end: the device tool returns <= 8 files
+mkdir -p "$LOGS"
 trap 'rm -rf "$WORK"' EXIT
 : >"$RES"
 BUDGET=${GPU_SUITE_BUDGET_S:-470}
 START=$(date +%s)
 FAILED=0
 
+# What the suite imports. The device machine's image lacks some (its KINDS.md list; no network
+# there): wheels carried in .whl/ (docs/notes/gpu.md says how to fetch them) go into a scratch
+# site first.
+NEED="torch torchvision transformers safetensors timm open_clip pyarrow pandas scipy PIL rich
+  webdataset pycocotools trimesh av matplotlib pytest"
+missing() {
+  # shellcheck disable=SC2086
+  "$PY" -c 'import importlib.util as u, sys
+print(" ".join(m for m in sys.argv[1:] if u.find_spec(m) is None))' $NEED
+}
+MISSING=$(missing)
+if [ -n "$MISSING" ] && compgen -G ".whl/*.whl" >/dev/null; then
+  echo "bench/gpu.sh: installing the carried wheels in .whl/ for: $MISSING"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/gpu-suite-site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/gpu-suite-site"
+  MISSING=$(missing)
+fi
+if [ -n "$MISSING" ]; then
+  echo "bench/gpu.sh: $PY cannot import: $MISSING. Fix: bash scripts/setup.sh, or carry their" \
+    "wheels in .whl/ (docs/notes/gpu.md)" >&2
+  exit 2
+fi
 if [ "$SMOKE" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
   echo "bench/gpu.sh: no CUDA device visible to $PY; run 'bash bench/gpu.sh --smoke' on a CPU" >&2
   exit 2
 fi
 
 # run_part NAME SECONDS CMD...: CMD under `timeout`, cut to the budget left; its output goes
-# to DIR/NAME.log (and the last lines to the terminal); a status line goes to results.jsonl.
+# to LOGS/NAME.log (and the last lines to the terminal); a status line goes to results.jsonl.
 run_part() {
   local name=$1 limit=$2
   shift 2
@@ -61,9 +86,9 @@ run_part() {
   echo "== $name (timeout ${limit} s)"
   local t0 rc
   t0=$(date +%s.%N)
-  timeout -k 10 "$limit" "$@" >"$DIR/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
-  tail -n 4 "$DIR/$name.log"
+  tail -n 4 "$LOGS/$name.log"
   local secs
   secs=$("$PY" -c "import sys; print(round($(date +%s.%N) - $t0, 1))")
   printf '{"part": "_status", "name": "%s", "rc": %d, "seconds": %s}\n' "$name" "$rc" "$secs" >>"$RES"
@@ -156,6 +181,7 @@ run_part anonymize 60 "$PY" bench/anonymize.py --device "$DEV" --config E --stag
 
 grep -q '"rc": -\?[1-9]' "$RES" && FAILED=1  # also the background part's status
 echo
+for f in "$LOGS"/*.log; do printf '\n===== %s\n' "$(basename "$f")"; cat "$f"; done >"$DIR/logs.txt"
 "$PY" bench/gpu_table.py "$DIR" | tee "$DIR/table.md"
 echo "results in $DIR ($(($(date +%s) - START)) s in all)"
 exit "$FAILED"
