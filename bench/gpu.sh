@@ -31,18 +31,6 @@ elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=python3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-DIR=${GPU_SUITE_OUT:-${OUT:-$(mktemp -d /tmp/gpu-suite.XXXXXX)}}
-mkdir -p "$DIR"
-RES=$DIR/results.jsonl
-WORK=$(mktemp -d /tmp/gpu-suite-work.XXXXXX)
-LOGS=$WORK/logs  # gathered into DIR/logs.txt at the end: the device tool returns <= 8 files
-mkdir -p "$LOGS"
-trap 'rm -rf "$WORK"' EXIT
-: >"$RES"
-BUDGET=${GPU_SUITE_BUDGET_S:-470}
-START=$(date +%s)
-FAILED=0
-
 # What the suite imports. The device machine's image lacks some (its KINDS.md list; no network
 # there): wheels carried in .whl/ (docs/notes/gpu.md says how to fetch them) go into a scratch
 # site first.
@@ -69,6 +57,18 @@ if [ "$SMOKE" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is
   echo "bench/gpu.sh: no CUDA device visible to $PY; run 'bash bench/gpu.sh --smoke' on a CPU" >&2
   exit 2
 fi
+
+DIR=${GPU_SUITE_OUT:-${OUT:-$(mktemp -d /tmp/gpu-suite.XXXXXX)}}
+mkdir -p "$DIR"
+RES=$DIR/results.jsonl
+WORK=$(mktemp -d /tmp/gpu-suite-work.XXXXXX)
+LOGS=$WORK/logs  # gathered into DIR/logs.txt at the end: the device tool returns <= 8 files
+mkdir -p "$LOGS"
+trap 'rm -rf "$WORK"' EXIT
+: >"$RES"
+BUDGET=${GPU_SUITE_BUDGET_S:-470}
+START=$(date +%s)
+FAILED=0
 
 # run_part NAME SECONDS CMD...: CMD under `timeout`, cut to the budget left; its output goes
 # to LOGS/NAME.log (and the last lines to the terminal); a status line goes to results.jsonl.
