@@ -10,12 +10,14 @@ encode (libx264 CRF 18 through PyAV, per frame).
     python bench/anonymize.py                                     # CPU, E-tiny at 72x40
     python bench/anonymize.py --device cuda --config E --stage 288x160 --precision bf16
     python bench/anonymize.py --device cuda --config E --stage 288x160 --check-batching
+    python bench/anonymize.py --smoke        # 1 person, 1 frame, E-tiny 72x40, CPU (code path)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import tempfile
 import time
@@ -55,7 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also compare batched with one-by-one generation (max grey-level diff)",
     )
-    return p.parse_args(argv)
+    p.add_argument("--json", default=None, help="append one JSON line per case to this file")
+    p.add_argument("--smoke", action="store_true", help="E-tiny 72x40, 1-2 persons, 1 frame, CPU")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.config, args.stage, args.persons, args.frames = "E-tiny", "72x40", [1, 2], 1
+        args.device, args.precision = "cpu", "fp32"
+    return args
 
 
 def scene_frames(n_persons: int, n_frames: int):
@@ -193,10 +201,22 @@ def main(argv=None) -> int:
                 f"{r['persons'] / r['seconds']:.2f}",
             ]
             print("| " + " | ".join(row + [f"{v:.1f}" for v in ms]) + " |", flush=True)
-            if args.check_batching:
-                print(f"  batched vs one by one, max grey-level difference: "
-                      f"{check_batching(anon, frames)}")  # fmt: skip
+            diff = check_batching(anon, frames) if args.check_batching else None
+            if diff is not None:
+                print(f"  batched vs one by one, max grey-level difference: {diff}")
+            if args.json:
+                _write_json(args, n, r, diff)
     return 0
+
+
+def _write_json(args, n: int, r: dict, diff: int | None) -> None:
+    record = {"part": "anonymize", "config": args.config, "stage": args.stage, "persons": n,
+              "device": args.device, "precision": args.precision, "smoke": args.smoke,
+              "frames_per_s": round(r["frames"] / r["seconds"], 3),
+              "persons_per_s": round(r["persons"] / r["seconds"], 3),
+              "batched_vs_sequential_max_grey": diff}  # fmt: skip
+    with open(args.json, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

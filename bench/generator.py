@@ -6,11 +6,13 @@ the 30-channel input is built once outside the timed loop.
 
     python bench/generator.py --configs E --iters 3                  # CPU, quick
     python bench/generator.py --configs E --device cuda --dtype bf16 --large-batch 128
+    python bench/generator.py --smoke        # E-tiny at 18x10, CPU, one iteration (code path)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -25,7 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: bf16 on GPU")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per case")
     p.add_argument("--warmup", type=int, default=2)
-    return p.parse_args(argv)
+    p.add_argument("--json", default=None, help="append one JSON line per case to this file")
+    p.add_argument("--smoke", action="store_true", help="E-tiny 18x10, CPU, 1 iteration, eager")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.configs, args.resolutions, args.modes = ["E-tiny"], ["18x10"], ["eager"]
+        args.device, args.iters, args.warmup, args.large_batch = "cpu", 1, 0, 2
+        args.dtype = "fp32"
+    return args
 
 
 def bench_case(g, cond, iters: int, warmup: int, device, dtype) -> float:
@@ -85,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"{dtype_name}: {ips:9.2f} images/s  (case wall {total:.1f} s)",
                         flush=True,
                     )
+                    if args.json:
+                        record = {"part": "generator", "config": name, "stage": res,
+                                  "batch": batch, "mode": mode, "device": device.type,
+                                  "dtype": dtype_name, "smoke": args.smoke,
+                                  "images_per_s": round(ips, 3)}  # fmt: skip
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(record) + "\n")
     return 0
 
 

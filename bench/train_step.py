@@ -9,6 +9,7 @@ D compiled separately); GPU runs use the config's bf16 autocast.
     python bench/train_step.py                                    # E-tiny, CPU, all stages
     python bench/train_step.py --config A --stages 72x40 --batch 1 --modes eager --steps 2
     python bench/train_step.py --config E --device cuda --batch 32  # the real one, on a GPU
+    python bench/train_step.py --smoke        # E-tiny 18x10, CPU, batch 2, one step (code path)
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps (compile happens here)")
     p.add_argument("--blur-sigma", type=float, default=0.0, help="D input blur (0 after fade)")
-    return p.parse_args(argv)
+    p.add_argument("--json", default=None, help="also append each JSON line to this file")
+    p.add_argument("--smoke", action="store_true", help="E-tiny 18x10, CPU, batch 2, 1 step")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.config, args.stages, args.batch, args.modes = "E-tiny", ["18x10"], 2, ["eager"]
+        args.device, args.steps, args.warmup = "cpu", 1, 0
+    return args
 
 
 def synthetic_batch(b: int, hw: tuple[int, int], device):
@@ -108,8 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             batch = args.batch or min(cfg.stages[index].batch, default_batch)
             for mode in args.modes:
                 rate = bench_stage(cfg, index, batch, mode, args, device)
-                print(json.dumps({"config": cfg.name, "stage": name, "batch": batch, "mode": mode,
-                                  "device": where, "images_per_s": round(rate, 3)}))  # fmt: skip
+                record = {"config": cfg.name, "stage": name, "batch": batch, "mode": mode,
+                          "device": where, "images_per_s": round(rate, 3)}  # fmt: skip
+                print(json.dumps(record), flush=True)
+                if args.json:
+                    record |= {"part": "train_step", "amp": amp, "smoke": args.smoke}
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(record) + "\n")
     return 0
 
 
