@@ -20,8 +20,10 @@ from fdhclean.vote import chosen_keypoints
 def write_sample(writer: ShardWriter, s: Sample, new_min_score: float, units: str) -> None:
     """Append `s` to the cleaned shard: every member byte for byte but `keypoints.npy` (the
     estimate where the vote chose it and the dtype can hold it) and the provenance members."""
-    if not s.raw.members:  # only links etc. (a bad-member already): nothing to copy
-        s.error = f"{s.error}; no regular member, so absent from the cleaned shard"
+    if not s.raw.members:  # only links etc. (a bad-member already): nothing to copy, but the
+        # sample stays (as a placeholder) so the cleaned shard, marker and manifest count alike
+        s.error = f"{s.error}; no regular member, so only a placeholder in the cleaned shard"
+        writer.write(s.key, provenance_members(s, units))
         return
     replace: dict[str, bytes] = {}
     add: dict[str, bytes] = {}
