@@ -183,3 +183,10 @@ def test_streamed_blocks_give_the_same_bytes_as_one_block(run, tmp_path, monkeyp
 
     document = json.dumps(coco_document(chosen_from_report(run)), separators=(",", ":"))
     assert outputs["coco"][0] == (document + "\n").encode()
+
+
+def test_an_unwritable_target_is_a_message_exit_2(run, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    assert export(run, "dp2-json", blocker / "x.json") == 2
+    assert "cannot write" in capsys.readouterr().out
