@@ -271,3 +271,28 @@ def test_provenance_names_this_runs_files_when_the_store_is_shared(tmp_path):
     worker = second_source.for_workers()
     assert worker.provenance() == second
     assert len(worker.for_shard(tmp_path).lookup) == len({int(e["image_id"]) for e in entries})
+
+
+def test_estimate_into_a_directory_that_is_not_a_store_is_refused_first(
+    tiny_vitpose, synth_root, tmp_path, capsys, monkeypatch
+):
+    import fdhclean.estimators as estimators
+    from fdhclean.cli import main
+
+    path, _ = tiny_vitpose
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    ran = []
+    monkeypatch.setattr(estimators, "estimate_samples", lambda *a, **k: ran.append(1) or iter(()))
+    base = ["estimate", "--split", "val", "--data-root", str(synth_root), "--estimator",
+            "vitpose-hf", "--checkpoint", str(path), "--workers", "0", "--device", "cpu",
+            "--no-progress", "--limit", "3"]  # fmt: skip
+    assert main([*base, "--out", str(user_dir)]) == 2
+    assert "is not a prediction store" in capsys.readouterr().out
+    assert main([*base, "--out", str(blocker / "store")]) == 2
+    assert "cannot write --out" in capsys.readouterr().out
+    assert not ran  # refused before any estimation
+    assert [p.name for p in user_dir.iterdir()] == ["notes.txt"]

@@ -146,6 +146,11 @@ def open_writer(out: Path, provenance: dict[str, Any]) -> StoreWriter | CocoResu
     out = Path(out)
     if out.suffix.lower() == ".json":
         return CocoResultsWriter(out)
+    if out.exists() and not is_store(out):  # refused now, not after hours of estimation
+        raise ValueError(
+            f"--out {out} exists and is not a prediction store; it would be replaced: "
+            "choose a new path, or remove it first"
+        )
     return StoreWriter(out, {"source_sha256": None, "sources": [], **provenance}, replace=True)
 
 
