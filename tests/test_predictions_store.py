@@ -296,3 +296,25 @@ def test_estimate_into_a_directory_that_is_not_a_store_is_refused_first(
     assert "cannot write --out" in capsys.readouterr().out
     assert not ran  # refused before any estimation
     assert [p.name for p in user_dir.iterdir()] == ["notes.txt"]
+
+
+def test_refine_reads_a_glob_of_per_rank_stores(synth_root, tmp_path):
+    """`estimate --world-size 2 --out preds/val_{rank}` writes two stores; `refine
+    --predictions 'preds/val_*'` merges them (highest score wins) as it merges JSON files."""
+    from test_refine import refine, tree_digest
+
+    entries = list(iter_coco_results(synth_root / "predictions_val.json"))
+    half = len(entries) // 2
+    worse = {**entries[0], "score": entries[0]["score"] - 0.5}  # rank 1 also has key 0, lower
+    for rank, part in enumerate((entries[:half], [worse, *entries[half:]])):
+        writer = ps.open_writer(tmp_path / "preds" / f"val_{rank}", {"estimator": "test"})
+        for e in part:
+            writer.add(str(e["image_id"]), np.reshape(e["keypoints"], (17, 3)), e["score"])
+        writer.close()
+    assert refine(synth_root, tmp_path / "a") == 0
+    glob = str(tmp_path / "preds" / "val_*")
+    assert refine(synth_root, tmp_path / "b", "--predictions", glob) == 0
+    assert tree_digest(tmp_path / "a" / "val") == tree_digest(tmp_path / "b" / "val")
+    assert refine(synth_root, tmp_path / "b", "--predictions", glob) == 0  # resume: same record
+    (tmp_path / "preds" / "notes.json").write_text("[]")
+    assert refine(synth_root, tmp_path / "c", "--predictions", str(tmp_path / "preds" / "*")) == 2

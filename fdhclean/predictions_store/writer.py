@@ -222,6 +222,22 @@ def _merge(runs: list[Path], out: Path) -> int:
 _ORDER = ("key", "keypoints", "score", "seq")
 
 
+def merge_stores(stores: list, directory: Path):
+    """Merge opened stores (the per-rank `estimate --out preds/val_{rank}` directories) into
+    one store at `directory`: per key the highest score wins, as for merged JSON files."""
+    shas = [st.record["data_sha256"] for st in stores]
+    sources = [{"path": str(st.directory), "sha256": st.record["data_sha256"]} for st in stores]
+    writer = StoreWriter(directory, {"source_sha256": sources_sha256(shas), "sources": sources})
+    try:
+        for st in stores:
+            for key, kps, score in st.iter_rows():
+                writer.add(key, kps, score)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def import_coco(files: list[Path], directory: Path, shas: list[str] | None = None):
     """Import COCO results files (merged in order) into a store at `directory`, streaming."""
     shas = shas or [sha256_file(f) for f in files]
