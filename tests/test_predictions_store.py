@@ -318,3 +318,32 @@ def test_refine_reads_a_glob_of_per_rank_stores(synth_root, tmp_path):
     assert refine(synth_root, tmp_path / "b", "--predictions", glob) == 0  # resume: same record
     (tmp_path / "preds" / "notes.json").write_text("[]")
     assert refine(synth_root, tmp_path / "c", "--predictions", str(tmp_path / "preds" / "*")) == 2
+
+
+def test_predictions_deleted_before_the_manifest_are_named_not_free_space(
+    synth_copy, tmp_path, capsys, monkeypatch
+):
+    """The predictions JSON and its imported store are removed while the last rank runs:
+    the manifest cannot be finished, and the message says why (not "free space")."""
+    import shutil
+
+    from test_refine import refine
+
+    import fdhclean.refine.runner as runner
+
+    out = tmp_path / "out"
+    assert refine(synth_copy, out, "--rank", "0", "--world-size", "2") == 0
+    original = runner.process_shard
+
+    def then_deleted(*args, **kwargs):  # a cleanup job removes the predictions meanwhile
+        result = original(*args, **kwargs)
+        (synth_copy / "predictions_val.json").unlink(missing_ok=True)
+        shutil.rmtree(out / ".prediction-store", ignore_errors=True)
+        return result
+
+    monkeypatch.setattr(runner, "process_shard", then_deleted)
+    capsys.readouterr()
+    assert refine(synth_copy, out, "--rank", "1", "--world-size", "2") == 1
+    err = capsys.readouterr().err
+    assert "predictions this run used" in err and "free space" not in err
+    assert not (out / "val" / "manifest.json").exists()

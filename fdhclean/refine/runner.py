@@ -27,6 +27,7 @@ from fdhclean.refine.estimates import EstimateSource, open_estimate_source
 from fdhclean.refine.finalize import (
     RUN_RECORD,
     IncompleteSplitError,
+    PredictionsChangedError,
     completed_results,
     finalize_split,
 )
@@ -134,6 +135,8 @@ def _finalize(settings: RefineSettings, outcome: RefineOutcome, names, fingerpri
     split_out = settings.split_out
     try:
         outcome.manifest = finalize_split(split_out)
+    except PredictionsChangedError as exc:  # the shards are complete; only the manifest waits
+        outcome.failed["manifest.json"] = str(exc)
     except OSError as exc:  # disk full / read-only at the end: the shards are complete
         outcome.failed["manifest.json"] = (
             f"cannot write the manifest into {split_out}: {exc}; free space, then run "
