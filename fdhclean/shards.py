@@ -145,31 +145,16 @@ class ShardReader:
 
     def _samples(self, stream: TarStream) -> Iterator[RawSample]:
         current: RawSample | None = None
-        lowered: set[str] = set()
-        keys: set[str] = set()
+        grouping = _Grouping()
         for entry in walk_tar(stream):
-            parts = split_member_name(entry.name)
-            if parts is None:
-                raise TarFormatError(
-                    entry.offset, f"member {entry.name!r} has no '<key>.<suffix>' name"
-                )
-            key, suffix = parts
-            if current is None or key != current.key:
-                if key in keys:
-                    raise TarFormatError(
-                        entry.offset, f"members of sample {key} are not consecutive"
-                    )
-                keys.add(key)
+            key, suffix, starts = grouping.member(entry)
+            if starts:
                 if current is not None:
                     self.samples += 1
                     yield current
                 index = 0 if current is None else current.index + 1
                 current = RawSample(key=key, shard=self.path.name, index=index)
                 current.offset = entry.offset
-                lowered = set()
-            if suffix.lower() in lowered:
-                raise TarFormatError(entry.offset, f"sample {key} repeats member {suffix!r}")
-            lowered.add(suffix.lower())
             if entry.problem is not None:
                 current.problems.append(entry.problem)
             if entry.data is not None:
@@ -177,6 +162,36 @@ class ShardReader:
         if current is not None:
             self.samples += 1
             yield current
+
+
+class _Grouping:
+    """Members into samples, with the checks every reader of a shard applies (the reader and
+    `count_samples` alike, so a count never differs from what the reader reads): a name must
+    be `<key>.<suffix>`, a sample's members are consecutive, no suffix repeats (ignoring
+    case) within a sample."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.keys: set[str] = set()
+        self.lowered: set[str] = set()
+
+    def member(self, entry) -> tuple[str, str, bool]:
+        """(key, suffix, whether it starts a new sample); TarFormatError on a broken rule."""
+        parts = split_member_name(entry.name)
+        if parts is None:
+            name = entry.name
+            raise TarFormatError(entry.offset, f"member {name!r} has no '<key>.<suffix>' name")
+        key, suffix = parts
+        starts = key != self.key
+        if starts:
+            if key in self.keys:
+                raise TarFormatError(entry.offset, f"members of sample {key} are not consecutive")
+            self.keys.add(key)
+            self.key, self.lowered = key, set()
+        if suffix.lower() in self.lowered:
+            raise TarFormatError(entry.offset, f"sample {key} repeats member {suffix!r}")
+        self.lowered.add(suffix.lower())
+        return key, suffix, starts
 
 
 def iter_shard(path: str | Path) -> Iterator[RawSample]:
@@ -202,7 +217,7 @@ def count_samples(path: str | Path) -> int:
     """Number of samples in a shard, reading only the tar headers (data blocks are skipped),
     with the same checks as `iter_shard`."""
     path = Path(path)
-    count, last = 0, None
+    count, grouping = 0, _Grouping()
     try:
         fh = open(path, "rb")  # noqa: SIM115 (closed below)
     except OSError as exc:
@@ -211,13 +226,7 @@ def count_samples(path: str | Path) -> int:
         stream = TarStream(fh, os.fstat(fh.fileno()).st_size, digest=False)
         try:
             for entry in walk_tar(stream, read_data=False):
-                parts = split_member_name(entry.name)
-                if parts is None:
-                    raise TarFormatError(
-                        entry.offset, f"member {entry.name!r} has no '<key>.<suffix>' name"
-                    )
-                if parts[0] != last:
-                    count, last = count + 1, parts[0]
+                count += grouping.member(entry)[2]
         except TarFormatError as exc:
             raise ShardReadError(path, str(exc)) from None
         except OSError as exc:

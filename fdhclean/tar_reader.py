@@ -139,13 +139,16 @@ def _plain_header(header: bytes) -> tuple[bytes, int] | None:
     return header[:100].split(b"\0", 1)[0], size
 
 
+NOT_UTF8 = "is not valid UTF-8"  # in a member's problem: its name was escaped, not kept
+
+
 def decode_name(raw: bytes) -> tuple[str, str | None]:
     """(name, problem): a name that is not UTF-8 comes back with `\\xNN` escapes and a problem."""
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError:
         name = raw.decode("utf-8", "backslashreplace")
-        return name, f"its name {raw!r} is not valid UTF-8"
+        return name, f"its name {raw!r} {NOT_UTF8}"
 
 
 def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:

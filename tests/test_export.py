@@ -183,3 +183,28 @@ def test_streamed_blocks_give_the_same_bytes_as_one_block(run, tmp_path, monkeyp
 
     document = json.dumps(coco_document(chosen_from_report(run)), separators=(",", ":"))
     assert outputs["coco"][0] == (document + "\n").encode()
+
+
+def test_an_unwritable_target_is_a_message_exit_2(run, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    assert export(run, "dp2-json", blocker / "x.json") == 2
+    assert "cannot write" in capsys.readouterr().out
+
+
+def test_reports_left_by_other_settings_are_refused(synth_root, tmp_path, capsys):
+    """A partial `--overwrite` run with other settings (one rank of three) leaves two shards'
+    reports of the old settings: export, report and inspect refuse to mix them (exit 2)."""
+    split = refine_val(synth_root, tmp_path / "out")
+    refine_val(
+        synth_root, tmp_path / "out", "--overwrite", "--new-min-score", "0.6",
+        "--rank", "0", "--world-size", "3",
+    )  # fmt: skip
+    capsys.readouterr()
+    assert export(split, "dp2-json", tmp_path / "x.json") == 2
+    assert "2 report files" in capsys.readouterr().out
+    assert not (tmp_path / "x.json").exists()
+    assert main(["report", str(split.parent), "--split", "val", "--no-plots"]) == 2
+    png = str(tmp_path / "i.png")
+    assert main(["inspect", str(split.parent), "--split", "val", "--out", png]) == 2
+    assert "report files" in capsys.readouterr().out

@@ -271,3 +271,79 @@ def test_provenance_names_this_runs_files_when_the_store_is_shared(tmp_path):
     worker = second_source.for_workers()
     assert worker.provenance() == second
     assert len(worker.for_shard(tmp_path).lookup) == len({int(e["image_id"]) for e in entries})
+
+
+def test_estimate_into_a_directory_that_is_not_a_store_is_refused_first(
+    tiny_vitpose, synth_root, tmp_path, capsys, monkeypatch
+):
+    import fdhclean.estimators as estimators
+    from fdhclean.cli import main
+
+    path, _ = tiny_vitpose
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    ran = []
+    monkeypatch.setattr(estimators, "estimate_samples", lambda *a, **k: ran.append(1) or iter(()))
+    base = ["estimate", "--split", "val", "--data-root", str(synth_root), "--estimator",
+            "vitpose-hf", "--checkpoint", str(path), "--workers", "0", "--device", "cpu",
+            "--no-progress", "--limit", "3"]  # fmt: skip
+    assert main([*base, "--out", str(user_dir)]) == 2
+    assert "is not a prediction store" in capsys.readouterr().out
+    assert main([*base, "--out", str(blocker / "store")]) == 2
+    assert "cannot write --out" in capsys.readouterr().out
+    assert not ran  # refused before any estimation
+    assert [p.name for p in user_dir.iterdir()] == ["notes.txt"]
+
+
+def test_refine_reads_a_glob_of_per_rank_stores(synth_root, tmp_path):
+    """`estimate --world-size 2 --out preds/val_{rank}` writes two stores; `refine
+    --predictions 'preds/val_*'` merges them (highest score wins) as it merges JSON files."""
+    from test_refine import refine, tree_digest
+
+    entries = list(iter_coco_results(synth_root / "predictions_val.json"))
+    half = len(entries) // 2
+    worse = {**entries[0], "score": entries[0]["score"] - 0.5}  # rank 1 also has key 0, lower
+    for rank, part in enumerate((entries[:half], [worse, *entries[half:]])):
+        writer = ps.open_writer(tmp_path / "preds" / f"val_{rank}", {"estimator": "test"})
+        for e in part:
+            writer.add(str(e["image_id"]), np.reshape(e["keypoints"], (17, 3)), e["score"])
+        writer.close()
+    assert refine(synth_root, tmp_path / "a") == 0
+    glob = str(tmp_path / "preds" / "val_*")
+    assert refine(synth_root, tmp_path / "b", "--predictions", glob) == 0
+    assert tree_digest(tmp_path / "a" / "val") == tree_digest(tmp_path / "b" / "val")
+    assert refine(synth_root, tmp_path / "b", "--predictions", glob) == 0  # resume: same record
+    (tmp_path / "preds" / "notes.json").write_text("[]")
+    assert refine(synth_root, tmp_path / "c", "--predictions", str(tmp_path / "preds" / "*")) == 2
+
+
+def test_predictions_deleted_before_the_manifest_are_named_not_free_space(
+    synth_copy, tmp_path, capsys, monkeypatch
+):
+    """The predictions JSON and its imported store are removed while the last rank runs:
+    the manifest cannot be finished, and the message says why (not "free space")."""
+    import shutil
+
+    from test_refine import refine
+
+    import fdhclean.refine.runner as runner
+
+    out = tmp_path / "out"
+    assert refine(synth_copy, out, "--rank", "0", "--world-size", "2") == 0
+    original = runner.process_shard
+
+    def then_deleted(*args, **kwargs):  # a cleanup job removes the predictions meanwhile
+        result = original(*args, **kwargs)
+        (synth_copy / "predictions_val.json").unlink(missing_ok=True)
+        shutil.rmtree(out / ".prediction-store", ignore_errors=True)
+        return result
+
+    monkeypatch.setattr(runner, "process_shard", then_deleted)
+    capsys.readouterr()
+    assert refine(synth_copy, out, "--rank", "1", "--world-size", "2") == 1
+    err = capsys.readouterr().err
+    assert "predictions this run used" in err and "free space" not in err
+    assert not (out / "val" / "manifest.json").exists()

@@ -202,3 +202,30 @@ def test_an_input_changed_with_the_same_size_is_redone(synth_copy, tmp_path, cap
     recorded = {s["shard"]: s["input_sha256"] for s in summary["shards"]}
     assert recorded[shard.name] == hashlib.sha256(shard.read_bytes()).hexdigest()
     assert manifest["totals"]["samples"] == 36
+
+
+def _dying_worker_task(shard_path, estimates):
+    """A worker killed mid-shard (SIGKILL / the OOM killer): the process vanishes."""
+    import os
+
+    os._exit(9)
+
+
+def test_a_worker_dying_fails_the_remaining_shards_with_one_message(
+    synth_copy, tmp_path, capsys, monkeypatch
+):
+    import fdhclean.refine.runner as runner
+
+    monkeypatch.setattr(runner, "_worker_task", _dying_worker_task)  # forked workers inherit it
+    val = synth_copy / "val"
+    for i in range(3):  # more shards than the pool keeps in flight: a submit meets the dead pool
+        (val / f"out-00001{i}.tar").write_bytes((val / f"out-00000{i}.tar").read_bytes())
+    assert _refine(synth_copy, tmp_path / "out", "--workers", "1") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    shards = sorted(p.name for p in (synth_copy / "val").glob("out-*.tar"))
+    for name in shards:
+        assert f"FAILED {name}: a worker process died (out of memory?); rerun to resume" in err
+    assert not (tmp_path / "out" / "val" / ".done").exists() or not any(
+        (tmp_path / "out" / "val" / ".done").iterdir()
+    )

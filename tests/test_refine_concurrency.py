@@ -230,3 +230,23 @@ def test_a_read_only_out_is_a_message(synth_root, tmp_path):
     err = " ".join(run.stderr.split())
     assert run.returncode == 2, err
     assert "Read-only file system" in err and "cannot set up" in err and "Traceback" not in err
+
+
+def test_without_flock_a_live_runs_temporaries_are_left_alone(synth_root, tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): this run cannot know whether another process is
+    writing the shard, so it must not delete what may be that process's live temporary."""
+    import errno
+
+    import fdhclean.refine.lock as lock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)
+    out = tmp_path / "out"
+    live = out / "val" / ".out-000000.tar.4242.other.tmp"  # another run's half-written shard
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"in progress")
+    assert main(refine_argv(synth_root, out)) == 0
+    assert live.read_bytes() == b"in progress"
+    assert (out / "val" / "manifest.json").is_file()

@@ -128,8 +128,16 @@ def test_reader_problems_are_bad_member_rows(synth_copy, tmp_path):
     report = pd.read_parquet(out / "val" / "report" / f"{shard.stem}.parquet")
     assert len(report) == len(samples)
     assert list(report.status[:2]) == ["bad-member", "bad-member"]
-    assert "symbolic link" in report.error[0] and "absent from the cleaned shard" in report.error[0]
+    assert "symbolic link" in report.error[0] and "only a placeholder" in report.error[0]
     assert "not valid UTF-8" in report.error[1]
     assert (report.status[2:] != "bad-member").all()
     cleaned = read_shard(out / "val" / shard.name)
-    assert [s.key for s in cleaned] == list(report.key[1:])
+    assert [s.key for s in cleaned] == list(report.key)  # the links-only sample is kept
+    provenance = {"keypoints_original.npy", "keypoints_estimated.npy"}
+    assert set(cleaned[0].members) == provenance
+    # the non-UTF-8 sample is a placeholder too: no member is written under an escaped name
+    assert "only a placeholder" in report.error[1]
+    assert set(cleaned[1].members) == provenance
+    # marker, manifest and shard agree: verify passes on the fresh output, revote succeeds
+    assert main(["verify", str(out / "val" / "manifest.json"), "--samples"]) == 0
+    assert main(["revote", str(out), "--split", "val", "--out", str(tmp_path / "rv")]) == 0

@@ -162,3 +162,30 @@ def test_report_only_refuses_what_needs_the_maps(run, tmp_path, capsys):
         assert revote(run, tmp_path / "x", "--report-only", *extra) == 2
         assert message in capsys.readouterr().out
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--report-only"]])
+def test_an_unwritable_target_is_a_message_exit_2(run, tmp_path, capsys, extra):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    assert revote(run, blocker / "out", *extra) == 2
+    out = capsys.readouterr()
+    assert "cannot write" in out.out and "Traceback" not in out.err
+
+
+def test_sigterm_during_revote_exits_143_without_traceback(run, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import fdhclean.refine.runner as runner
+
+    original = runner.process_shard
+
+    def terminated(*args, **kwargs):  # SLURM's time limit arrives during the first shard
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "process_shard", terminated)
+    assert revote(run, tmp_path / "rv") == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in capsys.readouterr().out
+    assert not list((tmp_path / "rv" / "val").glob("out-*.tar"))

@@ -103,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"estimate: {e}")
         return 2
     counts: Counter = Counter()
-    writer = open_writer(out, {"estimator": estimator.name, "split": args.split, "rank": rank})
+    try:
+        writer = open_writer(out, {"estimator": estimator.name, "split": args.split, "rank": rank})
+    except (OSError, ValueError) as e:  # a file where the store goes, unwritable parent...
+        print(f"estimate: cannot write --out {out}: {e}")
+        return 2
     stream = estimate_samples(
         estimator, _samples(shards, counts, args.limit), batch_size=args.batch_size,
         workers=args.workers, progress=args.progress,
@@ -121,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         writer.abort()
         raise
-    writer.close()
+    try:
+        writer.close()
+    except (OSError, ValueError) as e:  # disk full at the merge, a path replaced meanwhile
+        print(f"estimate: cannot write --out {out}: {e}; free space or choose another --out")
+        return 2
     meta = {
         "estimator": estimator.name, "weights_sha256": estimator.weights_sha256,
         "checkpoint": str(args.checkpoint), "flip_test": args.flip_test, "split": args.split,

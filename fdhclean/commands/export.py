@@ -33,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"fdhclean export: {exc}")
         return 2
+    except OSError as exc:  # a file where the target's directory goes, read-only, disk full
+        print(f"fdhclean export: cannot write {args.target}: {exc}; choose a writable --out")
+        return 2
+    except KeyboardInterrupt:  # writes are atomic: no partial file is left
+        print("fdhclean export: interrupted; nothing was written")
+        return 130
     print(f"wrote {args.target}: {counts.written} samples ({args.fmt})")
     if counts.left_out:
         print(f"left out {counts.left_out} samples whose keypoints could not be read")

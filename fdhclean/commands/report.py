@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         split = split_dir(args.out, args.split)
-    except FileNotFoundError as exc:
+        summary = summarise_split(split)
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: reports of another run
         console.print(f"[red]fdhclean report: {exc}[/red]")
         return 2
-    summary = summarise_split(split)
     print_summary(summary.data, console)
     path = split / SUMMARY_FILE
     atomic_write_bytes(path, (json.dumps(summary.data, indent=1) + "\n").encode())

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fdhclean.inspect.common import split_dir
     from fdhclean.inspect.revote import revote_settings
     from fdhclean.refine.runner import ConfigurationMismatchError, run_refine, summary_lines
+    from fdhclean.refine.signals import RefineInterrupted
 
     try:
         settings = revote_settings(
@@ -57,8 +58,14 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         outcome = run_refine(settings)
+    except RefineInterrupted as exc:  # SIGTERM / Ctrl-C: unfinished shards are redone on rerun
+        print(f"fdhclean revote: {exc}; rerun the same command to resume")
+        return exc.exit_code
     except (ConfigurationMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"fdhclean revote: {exc}")
+        return 2
+    except OSError as exc:  # OUT2 read-only, disk full, a file where a directory goes...
+        print(f"fdhclean revote: cannot write {args.target}: {exc}; choose a writable --out")
         return 2
     for name, message in outcome.failed.items():
         print(f"FAILED {name}: {message}")
@@ -82,6 +89,12 @@ def run_report_only(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"fdhclean revote: {exc}")
         return 2
+    except OSError as exc:
+        print(f"fdhclean revote: cannot write {args.target}: {exc}; choose a writable --out")
+        return 2
+    except KeyboardInterrupt:
+        print("fdhclean revote: interrupted; nothing half-written is left, rerun to redo")
+        return 130
     t = record["totals"]
     where = args.target / record["split"]
     print(

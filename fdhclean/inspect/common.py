@@ -47,14 +47,40 @@ def read_report(split: Path, columns: Sequence[str] | None = None):
     dictionary = [
         c for c in ("status", "box_source", "keypoint_units") if not wanted or c in wanted
     ]
-    return pq.read_table(split / "report", columns=wanted, read_dictionary=dictionary)
+    files = [str(f) for f in report_files(split)]  # checked: none left from other settings
+    source = files if files else split / "report"
+    return pq.read_table(source, columns=wanted, read_dictionary=dictionary)
 
 
 def report_files(split: Path) -> list[Path]:
     """The report's parquet files in shard order (temporaries and hidden files left out, as
-    pyarrow's dataset reader does)."""
+    pyarrow's dataset reader does), each checked to come from the run that run.json records.
+
+    A partial `refine --overwrite` with other settings leaves the other shards' reports of the
+    old settings beside the new ones; mixing them would silently describe neither run, so a
+    report whose completion marker lacks run.json's fingerprint is refused (ValueError)."""
     files = (split / "report").glob("*.parquet")
-    return sorted(f for f in files if not f.name.startswith((".", "_")))
+    files = sorted(f for f in files if not f.name.startswith((".", "_")))
+    record = split / "run.json"
+    if not record.is_file():  # not a refine output the markers could be checked against
+        return files
+    fingerprint = json.loads(record.read_text()).get("fingerprint")
+    stale = [f.name for f in files if _marker_fingerprint(split, f.stem) != fingerprint]
+    if stale:
+        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        raise ValueError(
+            f"{split}: {len(stale)} report files ({shown}) were not written by the run that "
+            f"{record} records (an unfinished run, or one with other settings); rerun that "
+            "`fdhclean refine` command to complete the split, then retry"
+        )
+    return files
+
+
+def _marker_fingerprint(split: Path, stem: str) -> str | None:
+    try:
+        return json.loads((split / ".done" / f"{stem}.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):  # no marker (never finished) or damaged
+        return None
 
 
 def iter_report(split: Path, columns: Sequence[str], rows: int | None = None) -> Iterator[Any]:

@@ -63,6 +63,8 @@ class PredictionStore:
             found = _cached(cache_dir, sources_sha256(shas))
             if found is not None:
                 return found
+        if any(is_store(f) for f in files):  # a glob of per-rank store directories
+            return cls._merged(path, files, cache_dir, shas)
         actual = [sha256_file(_checked(f)) for f in files]
         if shas is not None and actual != shas:
             raise ValueError(
@@ -77,6 +79,32 @@ class PredictionStore:
         from fdhclean.predictions_store.writer import import_coco
 
         return import_coco(files, Path(cache_dir) / sources_sha256(actual), actual)
+
+    @classmethod
+    def _merged(cls, path, files: list[Path], cache_dir, shas) -> PredictionStore:
+        """The stores `path` names merged once into `cache_dir/<their hash>/`."""
+        not_stores = [str(f) for f in files if not is_store(f)]
+        if not_stores:
+            raise ValueError(
+                f"{path} matches prediction stores and other paths ({', '.join(not_stores[:3])})"
+                ": a glob must name only JSON files or only store directories"
+            )
+        stores = [cls(f) for f in files]
+        actual = [st.record.get("data_sha256") for st in stores]
+        if shas is not None and actual != shas:
+            raise ValueError(
+                f"{path} changed since its sha256 was recorded: restore it, or clean again "
+                "with --overwrite"
+            )
+        name = sources_sha256(actual)
+        found = _cached(cache_dir, name)
+        if found is not None:
+            return found
+        if cache_dir is None:
+            raise ValueError(f"{path}: no merged prediction store for it and nowhere to make one")
+        from fdhclean.predictions_store.writer import merge_stores
+
+        return merge_stores(stores, Path(cache_dir) / name)
 
     def __reduce__(self):
         return (PredictionStore, (self.directory,))

@@ -146,6 +146,11 @@ def open_writer(out: Path, provenance: dict[str, Any]) -> StoreWriter | CocoResu
     out = Path(out)
     if out.suffix.lower() == ".json":
         return CocoResultsWriter(out)
+    if out.exists() and not is_store(out):  # refused now, not after hours of estimation
+        raise ValueError(
+            f"--out {out} exists and is not a prediction store; it would be replaced: "
+            "choose a new path, or remove it first"
+        )
     return StoreWriter(out, {"source_sha256": None, "sources": [], **provenance}, replace=True)
 
 
@@ -215,6 +220,22 @@ def _merge(runs: list[Path], out: Path) -> int:
 
 
 _ORDER = ("key", "keypoints", "score", "seq")
+
+
+def merge_stores(stores: list, directory: Path):
+    """Merge opened stores (the per-rank `estimate --out preds/val_{rank}` directories) into
+    one store at `directory`: per key the highest score wins, as for merged JSON files."""
+    shas = [st.record["data_sha256"] for st in stores]
+    sources = [{"path": str(st.directory), "sha256": st.record["data_sha256"]} for st in stores]
+    writer = StoreWriter(directory, {"source_sha256": sources_sha256(shas), "sources": sources})
+    try:
+        for st in stores:
+            for key, kps, score in st.iter_rows():
+                writer.add(key, kps, score)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def import_coco(files: list[Path], directory: Path, shas: list[str] | None = None):

@@ -29,6 +29,10 @@ SUMMARY_FILE = "refine_summary.json"
 CARD_FILE = "DATASET_CARD.md"
 
 
+class PredictionsChangedError(ValueError):
+    """The predictions a run used are gone or changed when its manifest is written."""
+
+
 class IncompleteSplitError(RuntimeError):
     """Some shards of the split have no completion marker yet."""
 
@@ -175,7 +179,14 @@ def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
     from fdhclean.predictions_store import PredictionStore, store_cache_dir
 
     sha256 = estimator.get("predictions_sha256")
-    store = PredictionStore.open(Path(path), store_cache_dir(split_out), sha256)
+    try:
+        store = PredictionStore.open(Path(path), store_cache_dir(split_out), sha256)
+    except (OSError, ValueError) as exc:  # deleted or changed since the run: not a disk fault
+        raise PredictionsChangedError(
+            f"the predictions this run used ({path}) cannot be read back to finish the "
+            f"manifest: {exc}; restore them (or their store under {store_cache_dir(split_out)})"
+            f", then run `fdhclean finalize {split_out.parent} --split {split_out.name}`"
+        ) from None
     return store.keys_outside(_split_keys(split_out))
 
 

@@ -34,12 +34,13 @@ def lock_path(split_out: Path, shard_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def shard_lock(split_out: Path, shard_name: str) -> Iterator[None]:
+def shard_lock(split_out: Path, shard_name: str) -> Iterator[bool]:
     """Hold the shard's lock, or raise ShardInUseError naming the process that holds it.
 
     Where the file system has no flock (some network mounts answer ENOLCK/EOPNOTSUPP), the
     shard is cleaned unlocked: temporary names are unique per process, so two runs then
-    repeat work but never damage each other's files.
+    repeat work but never damage each other's files. Yields whether the lock is held (False
+    unlocked: another process's temporaries may be live, so none may be removed).
     """
     path = lock_path(split_out, shard_name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,10 +53,13 @@ def shard_lock(split_out: Path, shard_name: str) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
+            locked = False
+        else:
+            locked = True
         os.ftruncate(fd, 0)
         os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
         try:
-            yield
+            yield locked
         finally:
             os.ftruncate(fd, 0)  # an empty file is a free lock (and reruns leave equal trees)
     finally:

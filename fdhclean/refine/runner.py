@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fdhclean.refine.estimates import EstimateSource, open_estimate_source
 from fdhclean.refine.finalize import (
     RUN_RECORD,
     IncompleteSplitError,
+    PredictionsChangedError,
     completed_results,
     finalize_split,
 )
@@ -133,6 +135,8 @@ def _finalize(settings: RefineSettings, outcome: RefineOutcome, names, fingerpri
     split_out = settings.split_out
     try:
         outcome.manifest = finalize_split(split_out)
+    except PredictionsChangedError as exc:  # the shards are complete; only the manifest waits
+        outcome.failed["manifest.json"] = str(exc)
     except OSError as exc:  # disk full / read-only at the end: the shards are complete
         outcome.failed["manifest.json"] = (
             f"cannot write the manifest into {split_out}: {exc}; free space, then run "
@@ -246,24 +250,35 @@ def _run_shards(
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
                 yield _shard_error(task.path, exc)
         return
-    yield from _run_pool(tasks, split_out, ctx, source, workers)
+    yield from _run_pool(tasks, todo, split_out, ctx, source, workers)
 
 
-def _run_pool(tasks, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
+def _run_pool(tasks, todo, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
     """Shard-parallel: workers vote and write while this process runs the model (if any)."""
     initargs = (split_out, ctx, source.for_workers(), os.getpid())
     pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs)
     try:
         pending: list[tuple[Path, Future]] = []
+        seen: set[Path] = set()
         for task in tasks:
             if task.error is not None:
+                seen.add(task.path)
                 yield ShardDone(task.path, error=task.error)
                 continue
-            pending.append((task.path, pool.submit(_worker_task, task.path, task.estimates)))
+            try:
+                future = pool.submit(_worker_task, task.path, task.estimates)
+            except BrokenProcessPool:  # a worker died: fail the rest, estimate no more
+                seen.add(task.path)
+                yield ShardDone(task.path, error=_POOL_DIED)
+                break
+            seen.add(task.path)
+            pending.append((task.path, future))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
                 yield _collect(*pending.pop(0))
         for item in pending:
             yield _collect(*item)
+        for path in (p for p in todo if p not in seen):  # left after the pool broke
+            yield ShardDone(path, error=_POOL_DIED)
     except BaseException:  # interrupted (or the caller stopped): abandon, never wait
         kill_workers(pool)
         raise
@@ -277,7 +292,12 @@ def _collect(path: Path, future: Future) -> ShardDone:
         return _shard_error(path, exc)
 
 
+_POOL_DIED = "a worker process died (out of memory?); rerun to resume"
+
+
 def _shard_error(path: Path, exc: BaseException) -> ShardDone:
+    if isinstance(exc, BrokenProcessPool):  # every shard in flight fails with the one message
+        return ShardDone(path, error=_POOL_DIED)
     if isinstance(exc, ShardInUseError):
         return ShardDone(path, busy=str(exc))
     if isinstance(exc, ShardReadError):

@@ -105,12 +105,13 @@ def process_shard(
     Raises `ShardReadError` when the shard cannot be read; per-sample problems become status
     codes in the report instead.
     """
-    with shard_lock(split_out, shard_path.name):  # ShardInUseError: another process has it
+    with shard_lock(split_out, shard_path.name) as locked:  # ShardInUseError: another has it
         done = _completed_meanwhile(shard_path, split_out, ctx)
         if done is not None:
             return done
         start, cpu = time.perf_counter(), time.process_time()
-        remove_stale_temporaries(split_out, shard_path.name)  # ours alone: we hold the lock
+        if locked:  # ours alone; unlocked (no flock), a live run's temporaries may be there
+            remove_stale_temporaries(split_out, shard_path.name)
         result = _process(shard_path, split_out, ctx, estimates)
         result.seconds = round(time.perf_counter() - start, 3)
         result.cpu_seconds = round(time.process_time() - cpu, 3)  # this process, all threads

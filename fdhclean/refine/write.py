@@ -14,14 +14,19 @@ from fdhclean.fdh import (
 )
 from fdhclean.refine.sample import STATUS_OK, Sample
 from fdhclean.shards import ShardWriter, copy_sample_members, encode_npy
+from fdhclean.tar_reader import NOT_UTF8
 from fdhclean.vote import chosen_keypoints
 
 
 def write_sample(writer: ShardWriter, s: Sample, new_min_score: float, units: str) -> None:
     """Append `s` to the cleaned shard: every member byte for byte but `keypoints.npy` (the
     estimate where the vote chose it and the dtype can hold it) and the provenance members."""
-    if not s.raw.members:  # only links etc. (a bad-member already): nothing to copy
-        s.error = f"{s.error}; no regular member, so absent from the cleaned shard"
+    if not s.raw.members or renamed(s):  # a bad-member already: nothing (or nothing under its
+        # own name) to copy; the sample stays as a placeholder (its provenance members) so the
+        # cleaned shard, marker and manifest count alike, and no member is written renamed
+        why = "no regular member" if not s.raw.members else "a member name is not UTF-8"
+        s.error = f"{s.error}; {why}, so only a placeholder in the cleaned shard"
+        writer.write(s.key, provenance_members(s, units))
         return
     replace: dict[str, bytes] = {}
     add: dict[str, bytes] = {}
@@ -39,6 +44,12 @@ def write_sample(writer: ShardWriter, s: Sample, new_min_score: float, units: st
     for name, data in provenance_members(s, units).items():
         (replace if s.raw.find(name) else add)[name] = data  # re-cleaning replaces them
     writer.write(s.key, copy_sample_members(s.raw, replace=replace, add=add))
+
+
+def renamed(s: Sample) -> bool:
+    """Whether the reader escaped a member name (`\\xNN`): written back, the member would
+    carry another name than in the input."""
+    return any(NOT_UTF8 in problem for problem in s.raw.problems)
 
 
 _NO_KEYPOINTS = np.zeros((NUM_KEYPOINTS, 3), np.float32)  # COCO's "not labelled": v = 0
