@@ -467,3 +467,36 @@ def test_prepare_leaves_out_listed_error_samples_and_names_a_junk_one(tmp_path):
     out = read_manifest(prepare(manifest, [18], tmp_path / "p2").manifests[(18, 10)])
     assert [s.samples for s in out.shards] == [1, 2]
     assert out.provenance["error_samples_skipped"] == 1
+
+
+def test_include_error_samples_with_prepared_shards_is_refused(tmp_path, capsys):
+    """`triagan prepare` always leaves the listed error samples out, so the flag could not do
+    what it says with --prepared: refused up front (exit 2), not silently ignored."""
+    from triagan_shards import make_shards
+
+    manifest = make_shards(tmp_path, n_shards=1, per_shard=3)
+    _list_error_samples(manifest, {"out-000000.tar": {"1001": "no-estimate"}})
+    rc, _, err = _train_cli(tmp_path, manifest, "r", "--include-error-samples", "--prepared",
+                            str(tmp_path / "prep"), capsys=capsys)  # fmt: skip
+    assert rc == 2 and "cannot be combined with --prepared" in err
+
+
+def test_a_stage_grown_from_weights_of_another_conditioning_mode_is_refused(
+    reference_run, tiny_manifest, tmp_path, capsys
+):
+    """Weights written before `conditioning_mode` existed read as flip-exact; the next stage
+    (configured "reference") must not silently switch the keypoint and limb rule."""
+    import shutil
+
+    cfg, run = reference_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    stages = sorted(p.name for p in copy.iterdir() if (p / "weights").is_dir())
+    first, second = stages[0], stages[-1]
+    _edit_json(copy / first / "weights" / "generator.json",
+               lambda d: d["generator"].pop("conditioning_mode"))  # fmt: skip
+    shutil.rmtree(copy / second)
+    capsys.readouterr()
+    rc = _train(_train_args(cfg, tiny_manifest, copy))
+    err = capsys.readouterr().err
+    assert rc == 2 and "conditioning_mode 'flip-exact'" in err and "Traceback" not in err

@@ -33,11 +33,16 @@ examples:
 """
 
 
-def _error_samples_line(manifest, include: bool) -> str:
+def _error_samples_line(manifest, include: bool, prepared: str | None) -> str:
+    """What training does with the samples refine flagged; ValueError where --include-error-
+    samples cannot do what it says."""
     from triagan_model.data.manifest import error_sample_counts
 
     counts = error_sample_counts(manifest)
     total = sum(counts.values())
+    if include and prepared:  # `triagan prepare` always leaves them out of its shards
+        raise ValueError("--include-error-samples cannot be combined with --prepared: the "
+                         "prepared shards never hold the manifest's error samples")  # fmt: skip
     if not total:
         return "error samples: the manifest lists none"
     what = ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = read_manifest(opts.manifest)
         plan = describe_plan(opts, int(os.environ.get("WORLD_SIZE", "1")))
-        plan += "\n" + _error_samples_line(manifest, opts.include_error_samples)
+        plan += "\n" + _error_samples_line(manifest, opts.include_error_samples, opts.prepared)
     except (KeyError, FileNotFoundError, ValueError) as exn:
         print(f"triagan train: error: {exn}", file=sys.stderr)
         return 2

@@ -102,7 +102,9 @@ def decode_named(raw: dict[str, Any]) -> dict[str, Any]:
         raise SampleError(
             f"shard {raw.get('__url__')}, sample {raw.get('__key__')}: cannot decode "
             f"({type(exn).__name__}: {exn}); `fdhclean refine` marks such samples "
-            "bad-member and lists them in the manifest, and training skips those"
+            "bad-member and lists them in the manifest (a sample without regular members is "
+            "kept there as a placeholder without an image); training skips the listed ones "
+            "unless --include-error-samples"
         ) from None
 
 

@@ -105,7 +105,14 @@ def build_nets(
     torch.manual_seed(seeding.derive_seed(opts.seed, index, "init"))
     G = TriaGANGenerator(cfg.generator_config(stage))
     if prev is not None:
-        _, state, _ = read_weights_dir(prev)
+        prev_cfg, state, _ = read_weights_dir(prev)
+        if prev_cfg.conditioning_mode != G.cfg.conditioning_mode:
+            # a stage grown from weights trained on other maps would silently switch the rule
+            raise rundir.RunDirError(
+                f"{prev} was trained with conditioning_mode {prev_cfg.conditioning_mode!r}, "
+                f"stage {stage.name} is configured {G.cfg.conditioning_mode!r}: set "
+                f'conditioning_mode = "{prev_cfg.conditioning_mode}" in the config to continue'
+            )
         report = load_matching(G, state)
         if verbose:
             print(f"stage {stage.name}: {len(report.loaded)} tensors from {prev}, "
