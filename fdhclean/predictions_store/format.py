@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from fdhclean.arrow import numeric, to_numpy
+
 STORE_FILE = "store.json"
 DATA_FILE = "predictions.parquet"
 FORMAT = "fdhclean-prediction-store"
@@ -56,21 +58,23 @@ def sources_sha256(shas: list[str]) -> str:
 
 
 def table(keys, kps, scores, seq=None) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(kps, dtype=np.float32).reshape(-1))
-    columns = [pa.array(keys), pa.FixedSizeListArray.from_arrays(flat, K), pa.array(scores)]
+    flat = numeric(np.asarray(kps, dtype=np.float32).reshape(-1), pa.float32())
+    columns = [
+        numeric(np.asarray(keys), pa.int64()),
+        pa.FixedSizeListArray.from_arrays(flat, K),
+        numeric(np.asarray(scores), pa.float64()),
+    ]
     names = ["key", "keypoints", "score"]
     if seq is not None:
-        columns.append(pa.array(seq))
+        columns.append(numeric(np.asarray(seq), pa.int64()))
         names.append("seq")
     return pa.Table.from_arrays(columns, names=names)
 
 
 def columns(table: pa.Table) -> dict[str, np.ndarray]:
-    out = {"key": table.column("key").to_numpy(), "score": table.column("score").to_numpy()}
-    flat = table.column("keypoints").combine_chunks().flatten()
-    out["keypoints"] = flat.to_numpy(zero_copy_only=False).reshape(-1, 17, 3)
-    if "seq" in table.column_names:
-        out["seq"] = table.column("seq").to_numpy()
+    """The table's columns as numpy (through the buffers: no pandas import in refine)."""
+    out = {name: to_numpy(table.column(name)) for name in table.column_names}
+    out["keypoints"] = out["keypoints"].reshape(-1, 17, 3)
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from fdhclean.arrow import to_numpy
 from fdhclean.estimators.weights import sha256_file
 from fdhclean.predictions_store.format import (
     DATA_FILE,
@@ -121,7 +122,7 @@ class PredictionStore:
 
     def keys(self) -> np.ndarray:
         """Every key (int64, sorted): the key column alone."""
-        return self._file.read(columns=["key"]).column("key").to_numpy()
+        return to_numpy(self._file.read(columns=["key"]).column("key"))
 
     def keys_outside(self, split_keys: Iterable[str | int]) -> int:
         """How many stored keys are not among `split_keys` (non-integer keys match nothing)."""

@@ -164,9 +164,17 @@ def finalize_split(split_out: Path) -> Manifest:
 
 
 def _split_keys(split_out: Path) -> list[str]:
+    """Every key of the split's report (file by file: `pq.read_table` would import pandas)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(split_out / "report", columns=["key"]).column("key").to_pylist()
+    from fdhclean.arrow import to_strings
+
+    keys: list[str] = []
+    for path in sorted((split_out / "report").glob("*.parquet")):
+        if path.name.startswith((".", "_")):  # what a parquet dataset read skips too
+            continue
+        keys += to_strings(pq.ParquetFile(path).read(columns=["key"]).column("key"))
+    return keys
 
 
 def _foreign_predictions(record: dict[str, Any], split_out: Path) -> int | None:
