@@ -37,6 +37,7 @@ __all__ = [
     "KEYPOINTS_SHAPE",
     "UNITS",
     "UnitsDecision",
+    "UnitsTally",
     "check_png",
     "decode_image",
     "decode_keypoints",
@@ -284,24 +285,39 @@ def decide_units(keypoint_arrays: Iterable[np.ndarray]) -> UnitsDecision:
     pixels). The majority of voting samples decides; a tie goes to pixels (the old rule: any
     pixel evidence); with no visible keypoint at all, every finite value counts as before.
     """
-    pixel_votes = normalized_votes = 0
-    any_large = False
+    tally = UnitsTally()
     for kp in keypoint_arrays:
+        tally.add(kp)
+    return tally.decision()
+
+
+class UnitsTally:
+    """`decide_units`, one array at a time (refine counts while it streams the shard)."""
+
+    def __init__(self) -> None:
+        self.pixel_votes = self.normalized_votes = 0
+        self.any_large = False
+
+    def add(self, kp: np.ndarray) -> None:
         kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
         xy = np.abs(kp[:, :2])
         finite = np.isfinite(xy).all(axis=1)
-        any_large = any_large or bool((xy[finite] > PIXEL_UNITS_THRESHOLD).any())
+        self.any_large = self.any_large or bool((xy[finite] > PIXEL_UNITS_THRESHOLD).any())
         visible = finite & np.isfinite(kp[:, 2]) & (kp[:, 2] > 0)
         if visible.any():
             if float(xy[visible].max()) > PIXEL_UNITS_THRESHOLD:
-                pixel_votes += 1
+                self.pixel_votes += 1
             else:
-                normalized_votes += 1
-    if pixel_votes == normalized_votes == 0:
-        units = UNITS_PIXELS if any_large else UNITS_NORMALIZED
-        return UnitsDecision(units, basis="all")
-    units = UNITS_PIXELS if pixel_votes >= normalized_votes else UNITS_NORMALIZED
-    return UnitsDecision(units, pixel_votes, normalized_votes)
+                self.normalized_votes += 1
+
+    def decision(self) -> UnitsDecision:
+        """The decision over every array added so far."""
+        pixel, normalized = self.pixel_votes, self.normalized_votes
+        if pixel == normalized == 0:
+            units = UNITS_PIXELS if self.any_large else UNITS_NORMALIZED
+            return UnitsDecision(units, basis="all")
+        units = UNITS_PIXELS if pixel >= normalized else UNITS_NORMALIZED
+        return UnitsDecision(units, pixel, normalized)
 
 
 def detect_units(keypoint_arrays: Iterable[np.ndarray]) -> str:

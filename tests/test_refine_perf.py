@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import struct
-import tarfile
 import zlib
 
 import numpy as np
@@ -15,9 +14,8 @@ from PIL import Image
 from fdhclean.decode import decode_mask, decode_npy, decode_vertices, encode_npy, vertex_map
 from fdhclean.mask_png import grey_values
 from fdhclean.parts import PartTable
-from fdhclean.refine import originals
 from fdhclean.refine.sample import STATUS_BAD_MEMBER, STATUS_OK, decode_sample
-from fdhclean.shards import RawSample, ShardReader, decode_keypoints, read_shard
+from fdhclean.shards import RawSample, read_shard
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -217,28 +215,3 @@ def test_vertex_map_is_a_view_with_the_same_values(synth_root):
     data = raw.get("vertices.npy")
     assert np.array_equal(vertex_map(data), decode_vertices(data))
     assert not vertex_map(data).flags.writeable  # never written to: no copy needed
-
-
-def test_units_pass_reads_the_keypoints_the_full_reader_reads(synth_root, tmp_path):
-    for shard in sorted(synth_root.glob("*/*.tar")):
-        full = [r.get("keypoints.npy") for r in ShardReader(shard, hash=False)]
-        assert originals._keypoints_members(shard) == full
-    # a damaged shard: the full reader's error, naming the shard
-    shard = sorted((synth_root / "train").glob("*.tar"))[0]
-    cut = tmp_path / "out-000000.tar"
-    cut.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    with pytest.raises(Exception, match="out-000000.tar"):
-        originals._keypoints_members(cut)
-    # a shard whose keypoints member is repeated in one sample: the full reader decides
-    samples = read_shard(shard)
-    twice = tmp_path / "twice" / "out-000000.tar"
-    twice.parent.mkdir()
-    with tarfile.open(twice, "w", format=tarfile.USTAR_FORMAT) as tar:  # (ShardWriter refuses)
-        for s in samples[:2]:
-            for suffix, data in [*s.members.items(), ("KEYPOINTS.npy", s.get("keypoints.npy"))]:
-                info = tarfile.TarInfo(f"{s.key}.{suffix}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(Exception, match="repeats member"):
-        originals._keypoints_members(twice)
-    assert decode_keypoints(originals._keypoints_members(shard)[0]).shape == (17, 3)

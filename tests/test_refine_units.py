@@ -110,3 +110,44 @@ def test_uint8_pixel_keypoints_never_wrap(synth_copy, tmp_path):
             continue
         est = np.asarray(row.new_keypoints).reshape(17, 3) * [160, 288, 1]
         np.testing.assert_array_equal(stored[:, :2], np.rint(est[:, :2]))
+
+
+def test_a_shard_its_first_block_mispredicts_is_redone_in_the_decided_units(
+    synth_copy, tmp_path, monkeypatch
+):
+    """Units are decided by the whole shard but the shard is streamed in one pass, written in
+    the units of its first block; when the rest outvotes that block the shard is redone, so
+    the outputs equal those of a pass that knew the units (here: the whole shard as one
+    block). FDH shards hold one kind of units; this one mixes them on purpose."""
+    from fdhclean.refine import shard_task
+
+    shard = synth_copy / "val" / "out-000000.tar"
+
+    def pixels_after_the_first_four(index, kp):
+        if index < 4:
+            return None  # normalised, as the synthetic shard stores them
+        kp = kp.astype(np.float64) * [160.0, 288.0, 1.0]
+        return kp.astype(np.float32)
+
+    _edit_keypoints(shard, pixels_after_the_first_four)
+    passes = []
+    one_pass = shard_task._one_pass
+    monkeypatch.setattr(
+        shard_task, "_one_pass", lambda *a: passes.append(a[0].name) or one_pass(*a)
+    )
+    monkeypatch.setattr(shard_task, "CHUNK", 4)  # the first block: 4 normalised samples
+    streamed = tmp_path / "streamed"
+    assert _refine(synth_copy, streamed) == 0
+    assert passes.count("out-000000.tar") == 2  # guessed normalised, redone in pixels
+    assert passes.count("out-000001.tar") == 1  # the other shards: one pass each
+
+    monkeypatch.setattr(shard_task, "CHUNK", 10_000)  # the whole shard in one block
+    whole = tmp_path / "whole"
+    assert _refine(synth_copy, whole) == 0
+    report = pd.read_parquet(streamed / "val" / "report" / "out-000000.parquet")
+    assert set(report.keypoint_units) == {"pixels"}
+    for name in ("out-000000.tar", "report/out-000000.parquet"):
+        assert (streamed / "val" / name).read_bytes() == (whole / "val" / name).read_bytes()
+    marker = json.loads((streamed / "val" / ".done" / "out-000000.json").read_text())
+    assert marker["units_ambiguous"].startswith("4 of 12 samples")
+    assert not list((streamed / "val").glob(".*.tmp"))  # the first pass left nothing behind

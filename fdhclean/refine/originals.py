@@ -12,38 +12,34 @@ run bit for bit (style.md point 3).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from fdhclean.decode import UnitsDecision, decide_units
-from fdhclean.fdh import MEMBER_KEYPOINTS, NUM_KEYPOINTS
+from fdhclean.decode import UnitsDecision, UnitsTally
+from fdhclean.fdh import NUM_KEYPOINTS
 from fdhclean.refine.sample import STATUS_OK, Sample
 from fdhclean.shards import (
-    ShardReader,
-    decode_keypoints,
     encode_npy,
     from_normalized,
-    split_member_name,
     to_normalized,
 )
-from fdhclean.tar_reader import BLOCK, TarFormatError, TarStream, walk_tar
 
 
 class ShardOriginals(Protocol):
-    """The originals of one shard: its units, decided before any sample is voted."""
+    """The originals of one pass over a shard, and the units that pass writes in."""
 
-    units: UnitsDecision
+    units: UnitsDecision | None  # known once the first block is applied
 
     def apply(self, samples: Sequence[Sample]) -> None:
         """Set `orig_norm` (and `restore_keypoints`) of every `ok` sample of a block."""
         ...
 
-    def finish(self, count: int) -> None:
-        """The shard has been read to its end with `count` samples."""
+    def finish(self, count: int) -> ShardOriginals | None:
+        """The shard has been read to its end with `count` samples: None when this pass
+        stands (`units` now final), else the originals of a pass that redoes the shard."""
         ...
 
 
@@ -55,60 +51,39 @@ class StoredOriginals:
     """The shard's own `keypoints.npy` is the original (refine); units detected per shard."""
 
     def open(self, shard_path: Path) -> ShardOriginals:
-        return _StoredShard(decide_units(_stored_keypoints(shard_path)))
-
-
-def _stored_keypoints(shard_path: Path) -> Iterator[np.ndarray]:
-    """Every readable (17, 3) `keypoints.npy` of the shard: a first pass over the shard that
-    decodes nothing else (no hash; the voting pass hashes), so the units are known before the
-    first sample is voted and the shard can then be streamed. Samples whose other members are
-    bad count too: their keypoints are evidence of the shard's units all the same."""
-    for data in _keypoints_members(shard_path):
-        try:
-            yield decode_keypoints(data)
-        except ValueError:
-            continue
-
-
-def _keypoints_members(shard_path: Path) -> list[bytes]:
-    """The bytes of each sample's `keypoints.npy`, walking the tar headers only: the other
-    members' data is passed over (sought past where large), so this pass costs a fraction of
-    a read of the shard. Where the walk fails, the full reader's pass decides instead (it
-    raises the `ShardReadError` that names the shard, as the voting pass would)."""
-    wanted = MEMBER_KEYPOINTS.lower()
-    found: dict[str, bytes] = {}
-    try:
-        with open(shard_path, "rb", buffering=1 << 16) as fh:
-            stream = TarStream(fh, os.fstat(fh.fileno()).st_size, digest=False)
-            for entry in walk_tar(stream, read_data=False):
-                parts = split_member_name(entry.name)
-                if entry.problem is not None or parts is None or parts[1].lower() != wanted:
-                    continue
-                if parts[0] in found:  # a repeated member or key: the full reader refuses it
-                    raise TarFormatError(entry.offset, "repeated keypoints member")
-                start = stream.offset - entry.size - (-entry.size % BLOCK)
-                found[parts[0]] = os.pread(fh.fileno(), entry.size, start)
-    except (OSError, TarFormatError):
-        return [
-            raw.members[name]
-            for raw in ShardReader(shard_path, hash=False)
-            if (name := raw.find(MEMBER_KEYPOINTS)) is not None
-        ]
-    return list(found.values())
+        return _StoredShard()
 
 
 class _StoredShard:
-    def __init__(self, units: UnitsDecision) -> None:
-        self.units = units
+    """The units of a shard are the majority of all its samples (`decide_units`), known only
+    at its end, but the shard is streamed: the pass writes in the units its first block
+    votes for, and `finish` checks them against the whole shard's decision. FDH shards hold
+    one kind of units, so the check nearly always passes; a shard that the rest outvotes is
+    redone in the decided units, so the outputs are what a units pass before the vote gives.
+    Every readable (17, 3) keypoints.npy votes, whatever the sample's other members."""
+
+    def __init__(self, decided: UnitsDecision | None = None) -> None:
+        self.decided = decided  # a redo: known from the pass before
+        self.units = decided
+        self._tally = UnitsTally()
 
     def apply(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            if s.keypoints is not None:
+                self._tally.add(s.keypoints)
+        if self.units is None:
+            self.units = self._tally.decision()  # the first block's vote
         for s in samples:
             if s.status == STATUS_OK:
                 kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
                 s.orig_norm = to_normalized(kp, self.units.units)
 
-    def finish(self, count: int) -> None:
-        pass
+    def finish(self, count: int) -> ShardOriginals | None:
+        decided = self.decided or self._tally.decision()
+        if self.units is not None and self.units.units != decided.units:
+            return _StoredShard(decided)
+        self.units = decided  # (its vote counts: the report's warning)
+        return None
 
 
 def parent_report_path(shard_path: Path) -> Path:
@@ -177,3 +152,4 @@ class _ReportShard:
     def finish(self, count: int) -> None:
         if count != len(self.rows):
             raise self._mismatch()
+        return None  # the parent's units: nothing to redo

@@ -26,7 +26,7 @@ from fdhclean.fdh import (
 )
 from fdhclean.refine.estimates import Estimates
 from fdhclean.refine.lock import shard_lock
-from fdhclean.refine.originals import OriginalSource, StoredOriginals
+from fdhclean.refine.originals import OriginalSource, ShardOriginals, StoredOriginals
 from fdhclean.refine.report import write_report
 from fdhclean.refine.sample import STATUS_NO_ESTIMATE, STATUS_OK, Sample, decode_sample
 from fdhclean.refine.write import write_sample
@@ -145,14 +145,21 @@ def remove_stale_temporaries(split_out: Path, shard_name: str) -> list[Path]:
 
 
 def _process(shard_path: Path, split_out: Path, ctx: VoteContext, estimates) -> ShardResult:
+    """Clean the shard in one streaming pass (two only for a shard whose units its first
+    block mispredicts: `originals.finish` says so, see `_StoredShard`)."""
+    originals: ShardOriginals | None = ctx.originals.open(shard_path)
+    while originals is not None:
+        result, originals = _one_pass(shard_path, split_out, ctx, estimates, originals)
+    return result
+
+
+def _one_pass(shard_path: Path, split_out: Path, ctx: VoteContext, estimates, originals):
     """Stream the shard in blocks of CHUNK samples: read, decode, vote, write, report row.
 
-    Memory holds one block of samples plus the report rows, whatever the shard's size. The
-    units are decided before (`originals.open`: a keypoints-only pass, or the parent report);
-    input and output are hashed while their bytes pass (no re-read of either file).
+    Memory holds one block of samples plus the report rows, whatever the shard's size. Input
+    and output are hashed while their bytes pass (no re-read of either file). Returns (result,
+    None), or (None, the originals to redo the shard with): nothing is kept of this pass.
     """
-    originals = ctx.originals.open(shard_path)
-    units = originals.units.units
     tar_path, report_path, marker_path = output_paths(split_out, shard_path.name)
     for path in (tar_path, report_path, marker_path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,16 +171,21 @@ def _process(shard_path: Path, split_out: Path, ctx: VoteContext, estimates) -> 
             originals.apply(samples)
             attach_estimates(samples, estimates)
             vote_samples(samples, ctx)
+            units = originals.units.units
             for s in samples:
                 write_sample(writer, s, ctx.new_min_score, units)
                 rows.append(s.report_row(units))
-    originals.finish(len(rows))
+        redo = originals.finish(len(rows))
+        if redo is not None:
+            writer.abort()
+            return None, redo
+    units = originals.units.units
     write_report(report_path, rows)
     result = summarise(shard_path, rows, units)
     result.units_ambiguous = units_warning(originals.units)
     result.input_bytes, result.input_sha256 = reader.bytes_read, reader.sha256
     result.output_bytes, result.output_sha256 = writer.bytes, writer.sha256
-    return result
+    return result, None
 
 
 def _blocks(samples: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
