@@ -299,16 +299,20 @@ class UnitsTally:
         self.any_large = False
 
     def add(self, kp: np.ndarray) -> None:
-        kp = np.asarray(kp, dtype=np.float64).reshape(-1, 3)
-        xy = np.abs(kp[:, :2])
-        finite = np.isfinite(xy).all(axis=1)
-        self.any_large = self.any_large or bool((xy[finite] > PIXEL_UNITS_THRESHOLD).any())
-        visible = finite & np.isfinite(kp[:, 2]) & (kp[:, 2] > 0)
-        if visible.any():
-            if float(xy[visible].max()) > PIXEL_UNITS_THRESHOLD:
-                self.pixel_votes += 1
-            else:
-                self.normalized_votes += 1
+        self.add_many(np.asarray(kp, dtype=np.float64).reshape(1, -1, 3))
+
+    def add_many(self, kps: np.ndarray) -> None:
+        """Add a stack of (N, K, 3) arrays at once: one vote per array, as `add` gives."""
+        kps = np.asarray(kps, dtype=np.float64)
+        xy = np.abs(kps[..., :2])
+        finite = np.isfinite(xy).all(axis=-1)
+        large = (xy > PIXEL_UNITS_THRESHOLD).any(axis=-1)  # (NaN compares False)
+        self.any_large = self.any_large or bool((large & finite).any())
+        visible = finite & np.isfinite(kps[..., 2]) & (kps[..., 2] > 0)
+        voting = visible.any(axis=-1)
+        pixels = (large & visible).any(axis=-1)  # max |visible x or y| > threshold
+        self.pixel_votes += int((voting & pixels).sum())
+        self.normalized_votes += int((voting & ~pixels).sum())
 
     def decision(self) -> UnitsDecision:
         """The decision over every array added so far."""

@@ -84,10 +84,14 @@ def _unfilter(types: np.ndarray, filtered: np.ndarray) -> np.ndarray | None:
     in uint8 arithmetic (mod 256, as the PNG spec); None where another filter is used."""
     if (types > _UP).any():
         return None
-    # Sub: a running sum along each row; numpy sums down columns about twice as fast as along
-    # short rows, hence the transposed copy
-    along = np.cumsum(np.ascontiguousarray(filtered.T), axis=0, dtype=np.uint8).T
-    own = np.where((types == _SUB)[:, None], along, filtered)
+    sub = types == _SUB
+    if sub.all():  # what PIL writes for 8-bit grey masks: every row Sub
+        own = _running_sums(filtered)
+    elif sub.any():
+        own = filtered.copy()
+        own[sub] = _running_sums(filtered[sub])
+    else:
+        own = filtered
     if not (types == _UP).any():
         return own
     # An Up row adds the row above, so a run of Up rows is a cumulative sum down the rows
@@ -97,3 +101,9 @@ def _unfilter(types: np.ndarray, filtered: np.ndarray) -> np.ndarray | None:
     index = np.arange(len(types))
     start = np.maximum.accumulate(np.where(types != _UP, index, -1))
     return total - before[np.maximum(start, 0)]
+
+
+def _running_sums(rows: np.ndarray) -> np.ndarray:
+    """Undo Sub: a running sum along each row, mod 256. numpy sums down columns about twice
+    as fast as along short rows, hence the transposed copy."""
+    return np.cumsum(np.ascontiguousarray(rows.T), axis=0, dtype=np.uint8).T

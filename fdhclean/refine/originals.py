@@ -19,7 +19,6 @@ from typing import Protocol
 import numpy as np
 
 from fdhclean.decode import UnitsDecision, UnitsTally
-from fdhclean.fdh import NUM_KEYPOINTS
 from fdhclean.refine.sample import STATUS_OK, Sample
 from fdhclean.shards import (
     encode_npy,
@@ -68,15 +67,20 @@ class _StoredShard:
         self._tally = UnitsTally()
 
     def apply(self, samples: Sequence[Sample]) -> None:
-        for s in samples:
-            if s.keypoints is not None:
-                self._tally.add(s.keypoints)
+        readable = [s for s in samples if s.keypoints is not None]
+        if not readable:
+            if self.units is None:
+                self.units = self._tally.decision()
+            return
+        # the block at once: float64 (N, 17, 3), the arithmetic of `to_normalized` per row
+        kps = np.stack([np.asarray(s.keypoints, dtype=np.float64) for s in readable])
+        self._tally.add_many(kps)
         if self.units is None:
             self.units = self._tally.decision()  # the first block's vote
-        for s in samples:
+        normalised = to_normalized(kps, self.units.units)
+        for s, kp in zip(readable, normalised, strict=True):
             if s.status == STATUS_OK:
-                kp = np.asarray(s.keypoints).reshape(NUM_KEYPOINTS, 3)
-                s.orig_norm = to_normalized(kp, self.units.units)
+                s.orig_norm = kp
 
     def finish(self, count: int) -> ShardOriginals | None:
         decided = self.decided or self._tally.decision()

