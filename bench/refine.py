@@ -92,6 +92,9 @@ def import_predictions(data: Path, store_root: Path) -> None:
 def measure_round(data: Path, parts: Path, work: Path, workers: int) -> dict[str, tuple]:
     """One round: the floor and refine at --workers 0 and N, back to back, so that the load of
     a shared machine weighs on all of them alike. name -> (wall s, CPU s)."""
+    # every timed writer starts from an empty output directory: replacing an earlier
+    # run's files would charge the floor for freeing their pages, and not refine
+    shutil.rmtree(work / "floor", ignore_errors=True)
     row = {FLOOR: timed(floor_copy, data / "train", work / "floor")[:2]}
     row["predictions import (once per split)"] = timed(
         import_predictions, data, work / "prediction-store"
