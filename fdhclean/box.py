@@ -49,7 +49,8 @@ def region_box(region: np.ndarray) -> tuple[int, int, int, int] | None:
     rows = np.flatnonzero(region.any(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(region.any(axis=0))
+    # columns only over the rows that hold the region: the same columns, half the reading
+    cols = np.flatnonzero(region[rows[0] : rows[-1] + 1].any(axis=0))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
