@@ -56,8 +56,10 @@ def _mean_util(path: Path) -> str:
 def _peak_memory(path: Path, workers: int) -> str:
     """The most GPU memory in use (nvidia-smi's second column, MiB) and its share per model
     replica (each refine worker holds one)."""
+    if not path.is_file():
+        return "n/a (no nvidia-smi)"
     peaks = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in path.read_text().splitlines():
         fields = line.split(",")
         token = fields[1].strip().removesuffix("MiB").strip() if len(fields) > 1 else ""
         if token.isdigit():

@@ -142,6 +142,20 @@ def test_a_worker_that_cannot_build_the_estimator_fails_the_run(
     assert not any((out / "val" / ".done").glob("*.json"))
 
 
+def test_weights_that_are_not_a_checkpoint_are_a_setting_error(
+    synth_root, tiny_vitpose, tmp_path, capsys
+):
+    """Built in the main process: the loader's message, exit 2 (it was reported as an OUT that
+    cannot be set up, `choose an --out that is writable`)."""
+    checkpoint = tmp_path / "weights"
+    shutil.copytree(tiny_vitpose[0], checkpoint)
+    (checkpoint / "config.json").unlink()
+    assert refine(synth_root, tmp_path / "out", *_model(checkpoint, "--workers", "0")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"fdhclean refine: {checkpoint} is not a transformers ViTPose checkpoint" in err
+    assert "--out" not in err and "Traceback" not in err
+
+
 def _spawned_workers(pid: int, count: int) -> list[int]:
     """The pool's spawned workers (not multiprocessing's resource tracker), once started."""
     deadline = time.monotonic() + 60

@@ -301,6 +301,8 @@ def _build_model(settings: RefineSettings) -> PoseEstimator:
             f"--estimator {settings.estimator} refuses the options "
             f"{list(settings.estimator_options)}: {exc}"
         ) from None
+    except FileNotFoundError as exc:  # weights missing or incomplete: a setting, not OUT's disk
+        raise ValueError(str(exc)) from None
 
 
 def _on_cpu(device: str) -> bool:
