@@ -101,7 +101,9 @@ if [ "$SMOKE" = 1 ]; then
   export TRIAGAN_GPU_TESTS_ON_CPU=1  # tests/test_gpu.py at tiny sizes, on the CPU
   PYTEST=("$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py)
 else
-  DEV=cuda VARIANT=huge WORKERS=${GPU_SUITE_WORKERS:-8} SHARDS=8 PER_SHARD=512
+  # refine: one shard per worker in the first run, two in the second (SHARDS = 2 x WORKERS)
+  DEV=cuda VARIANT=huge WORKERS=${GPU_SUITE_WORKERS:-8} PER_SHARD=256
+  SHARDS=$((2 * WORKERS))
   BATCHES="32 64 128"
   SMOKE_FLAG=
   PYTEST=("$PY" -m pytest -q -p no:cacheprovider -m gpu tests)
@@ -130,13 +132,18 @@ run_part vitpose 110 "$PY" bench/estimator.py --variant "$VARIANT" --device "$DE
   --no-library --no-stages --model-rate --model-dir "$MODEL" --json "$RES" $SMOKE_FLAG
 
 # 3. refine end to end with the model (the CLI, as a user runs it) on the synthetic shards made
-#    in the background since the start. Twice: on the first shard alone, then on all of them;
-#    the difference of the two is the steady rate without start-up (imports, CUDA context,
-#    loading 2.5 GB of weights). GPU utilisation is sampled every 200 ms during the second run.
+#    in the background since the start. Each of the WORKERS processes builds its own replica
+#    of the model on the GPU and cleans whole shards. Twice: on the first WORKERS shards (one
+#    round: one shard per worker), then on all 2 x WORKERS (two rounds); the difference of the
+#    two is the steady rate without start-up (imports, CUDA contexts, loading 2.5 GB of weights
+#    per replica). GPU utilisation and memory are sampled every 200 ms during the second run.
 wait "$DATA_PID"
 mkdir -p "$WORK/fdh1/val"
-ln "$WORK/fdh/val/out-000000.tar" "$WORK/fdh1/val/" 2>/dev/null ||
-  cp "$WORK/fdh/val/out-000000.tar" "$WORK/fdh1/val/" 2>/dev/null
+for ((i = 0; i < WORKERS; i++)); do
+  shard=$(printf 'out-%06d.tar' "$i")
+  ln "$WORK/fdh/val/$shard" "$WORK/fdh1/val/" 2>/dev/null ||
+    cp "$WORK/fdh/val/$shard" "$WORK/fdh1/val/" 2>/dev/null
+done
 refine() {  # refine DATA_ROOT OUT
   "$PY" -m fdhclean.cli refine --split val --data-root "$1" --out "$2" \
     --part-table "$WORK/fdh/parts.npz" --estimator vitpose-hf --checkpoint "$MODEL" \
@@ -145,20 +152,21 @@ refine() {  # refine DATA_ROOT OUT
 export -f refine
 export PY WORK MODEL DEV WORKERS
 T0=$(date +%s.%N)
-run_part refine-1-shard 50 bash -c 'refine "$WORK/fdh1" "$WORK/refined1"'
+run_part refine-1-round 50 bash -c 'refine "$WORK/fdh1" "$WORK/refined1"'
 T1=$(date +%s.%N)
 UTIL_PID=
 if command -v nvidia-smi >/dev/null && [ "$SMOKE" = 0 ]; then
-  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 \
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 \
     >"$DIR/refine_util.csv" 2>/dev/null &
   UTIL_PID=$!
 fi
 run_part refine 60 bash -c 'refine "$WORK/fdh" "$WORK/refined"'
 T2=$(date +%s.%N)
 [ -n "$UTIL_PID" ] && kill "$UTIL_PID" 2>/dev/null
-if grep -q '"name": "refine", "rc": 0' "$RES" && grep -q '"name": "refine-1-shard", "rc": 0' "$RES"; then
+if grep -q '"name": "refine", "rc": 0' "$RES" && grep -q '"name": "refine-1-round", "rc": 0' "$RES"; then
   "$PY" -c "import json; print(json.dumps({'part': 'refine', 'samples': $SHARDS * $PER_SHARD,
-    'seconds': round($T2 - $T1, 2), 'samples_1': $PER_SHARD, 'seconds_1': round($T1 - $T0, 2),
+    'seconds': round($T2 - $T1, 2), 'samples_1': $WORKERS * $PER_SHARD,
+    'seconds_1': round($T1 - $T0, 2),
     'workers': $WORKERS, 'device': '$DEV', 'smoke': $SMOKE == 1}))" >>"$RES"
 fi
 

@@ -2,10 +2,11 @@
 
 Reads DIR/results.jsonl (one JSON line per figure, from the benches' `--json`, plus one
 `{"part": "_status", ...}` line per part from gpu.sh), DIR/pytest.xml (junit) and
-DIR/refine_util.csv (nvidia-smi samples). Targets (issue 11, item 6), for an H100-class GPU:
-ViTPose-H with the flip test >= 983 images/s (50 % of a 990 TFLOP/s bf16 peak at 503.3 GFLOP
-per flip-tested image; the 1,829,496-image train split in <= 31 min), and refine end to end
-keeping up with that rate. In a --smoke run (CPU, tiny models) no verdict is given.
+DIR/refine_util.csv (nvidia-smi samples: utilisation %, memory MiB). Targets (issue 11, item
+6), for an H100-class GPU: ViTPose-H with the flip test >= 983 images/s (50 % of a 990 TFLOP/s
+bf16 peak at 503.3 GFLOP per flip-tested image; the 1,829,496-image train split in <= 31 min),
+and refine end to end keeping up with that rate. In a --smoke run (CPU, tiny models) no
+verdict is given.
 
     python bench/gpu_table.py DIR
 """
@@ -52,9 +53,26 @@ def _mean_util(path: Path) -> str:
     return f"mean {sum(values) / len(values):.0f} %, {len(busy)}/{len(values)} samples busy"
 
 
+def _peak_memory(path: Path, workers: int) -> str:
+    """The most GPU memory in use (nvidia-smi's second column, MiB) and its share per model
+    replica (each refine worker holds one)."""
+    if not path.is_file():
+        return "n/a (no nvidia-smi)"
+    peaks = []
+    for line in path.read_text().splitlines():
+        fields = line.split(",")
+        token = fields[1].strip().removesuffix("MiB").strip() if len(fields) > 1 else ""
+        if token.isdigit():
+            peaks.append(int(token))
+    if not peaks:
+        return "n/a (no samples)"
+    return f"peak {max(peaks)} MiB, {max(peaks) / max(1, workers):.0f} MiB per worker's replica"
+
+
 def refine_rows(r: dict, out: Path) -> list[list[str]]:
-    """Whole command on all shards, and the steady rate: (all - first shard) samples over
-    (all - first shard) seconds, which cancels the start-up both runs pay."""
+    """Whole command on all shards, and the steady rate: (all - first round) samples over
+    (all - first round) seconds, which cancels the start-up both runs pay (a round: one shard
+    per worker)."""
     whole = r["samples"] / r["seconds"]
     extra_s = r["seconds"] - r["seconds_1"]
     steady = (r["samples"] - r["samples_1"]) / extra_s if extra_s > 0 else float("nan")
@@ -68,6 +86,8 @@ def refine_rows(r: dict, out: Path) -> list[list[str]]:
          _verdict(steady, VITPOSE_TARGET, r["smoke"])],
         ["refine", "GPU utilisation during the whole-command run",
          _mean_util(out / "refine_util.csv"), "-", ""],
+        ["refine", "GPU memory during the whole-command run",
+         _peak_memory(out / "refine_util.csv", r["workers"]), "-", ""],
     ]  # fmt: skip
 
 

@@ -245,7 +245,7 @@ def test_gpu_table_verdicts(tmp_path):
                {"part": "_status", "name": "train-step", "rc": 124, "seconds": 80},
                {"part": "_status", "name": "anonymize", "rc": -1, "seconds": 0}]  # fmt: skip
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "refine_util.csv").write_text("0\n90\n90 %\n\n")
+    (tmp_path / "refine_util.csv").write_text("0, 900\n90, 30000\n90 %, 32000 MiB\n\n")
     (tmp_path / "pytest.xml").write_text(
         '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1"/></testsuites>'
     )
@@ -256,6 +256,7 @@ def test_gpu_table_verdicts(tmp_path):
     steady = next(row for row in rows if row[1].startswith("steady"))
     assert steady[2].startswith("896.0 samples/s") and steady[4] == "FAIL"  # 3584 / 4 s
     assert any(row[2] == "mean 60 %, 2/3 samples busy" for row in rows)
+    assert any(row[2] == "peak 32000 MiB, 4000 MiB per worker's replica" for row in rows)
     assert ("anonymize", "max 2 grey levels", "FAIL") in verdicts
     assert ("train-step", "timed out after 80 s (see log)", "FAIL") in verdicts
     assert ("anonymize", "the 8-minute budget was spent", "FAIL") in verdicts

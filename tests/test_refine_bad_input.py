@@ -204,7 +204,7 @@ def test_an_input_changed_with_the_same_size_is_redone(synth_copy, tmp_path, cap
     assert manifest["totals"]["samples"] == 36
 
 
-def _dying_worker_task(shard_path, estimates):
+def _dying_worker_task(shard_path):
     """A worker killed mid-shard (SIGKILL / the OOM killer): the process vanishes."""
     import os
 

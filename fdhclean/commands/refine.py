@@ -70,7 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="number of ranks (default: as --rank, else 1)",
     )
-    run.add_argument("--workers", type=int, help="worker processes (default 0: in-process)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, each cleaning whole shards; with --estimator each holds its own "
+        "model replica on --device (default 0: all in this process)",
+    )
     run.add_argument(
         "--overwrite",
         action="store_true",

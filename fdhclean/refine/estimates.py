@@ -1,21 +1,28 @@
 """Where a refine run's estimates come from: a COCO results file, or a pose model run here.
 
-Both give, per shard, a mapping key -> (17,3) pixel coordinates of the 288x160 image + score.
-A predictions file is imported once into a columnar store that every process reads; a model runs in
-the main process (on the GPU) while worker processes vote and write the previous shards.
+Every source gives, per shard, an object that `attach_estimates` asks block by block for the
+(17,3) pixel coordinates of the 288x160 image + score of the block's samples (`BlockEstimates`).
+A predictions file is imported once into a columnar store that every process reads; a model runs
+where the shard is cleaned, inside the one streaming pass over the shard (each shard is read
+once, E_mask decoded once).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fdhclean.refine.settings import RefineSettings
+
+if TYPE_CHECKING:
+    from fdhclean.estimators.protocol import PoseEstimator
+    from fdhclean.refine.sample import Sample
+
+_NO_PREDICTION = "no prediction for this key"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class Estimates:
             return self.many(keys)
         return [self.lookup.get(key) for key in keys]
 
+    def for_samples(self, samples: Sequence[Sample]) -> list[np.ndarray | None]:
+        """`BlockEstimates`: only the keys are needed."""
+        return self.get_many([s.key for s in samples])
+
     def missing_reason(self, key: str) -> str:
         """Why `key` has no estimate, for its report row."""
         if self.integer_keys:
@@ -46,30 +57,54 @@ class Estimates:
                 int(key)
             except ValueError:
                 return f"key {key!r} is not an integer, so no COCO image_id can match it"
-        return "no prediction for this key"
+        return _NO_PREDICTION
 
 
-@dataclass(frozen=True)
-class ShardEstimates:
-    """What a source has for one shard of the run, in order: `estimates` ready, an `error`
-    (the shard could not be estimated), or neither: `for_shard` where it is processed."""
+class BlockEstimates(Protocol):
+    """One shard's estimates, asked for block by block as the shard streams: the estimates
+    (pixels, or normalised where `normalized`) of a block's `ok` samples, None where there is
+    none (`missing_reason` says why, for the report)."""
 
-    path: Path
-    estimates: Estimates | None = None
-    error: str | None = None
+    normalized: bool
+
+    def for_samples(self, samples: Sequence[Sample]) -> list[np.ndarray | None]: ...
+
+    def missing_reason(self, key: str) -> str: ...
 
 
 class EstimateSource(Protocol):
+    """Where a run's estimates come from. `for_shard` is called where the shard is cleaned;
+    with `--workers N`, `for_workers()` is what each worker process gets (`spawn`: start them
+    with the spawn method), `start_worker(N)` runs in each worker first, and `release()` in
+    this process before the pool starts."""
+
+    spawn: bool
+
     def provenance(self) -> dict[str, Any]: ...
 
-    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]: ...
+    def for_shard(self, shard_path: Path) -> BlockEstimates: ...
 
-    def for_shard(self, shard_path: Path) -> Estimates: ...
+    def for_workers(self) -> EstimateSource: ...
 
-    def for_workers(self) -> EstimateSource | None: ...
+    def start_worker(self, workers: int) -> None: ...
+
+    def release(self) -> None: ...
 
 
-class PredictionsSource:
+class _SharedSource:
+    """Sources read the same way in every process (a store, a report): workers take them as
+    they are, forked, and nothing is built or freed per process."""
+
+    spawn = False  # fork is fine: nothing in these sources holds a CUDA context
+
+    def start_worker(self, workers: int) -> None:
+        """Called once in each of `workers` worker processes before any shard."""
+
+    def release(self) -> None:
+        """This process estimates no more (its workers do)."""
+
+
+class PredictionsSource(_SharedSource):
     """Precomputed predictions (`--predictions FILE.json`, COCO results format, or a
     prediction store directory written by `fdhclean estimate`).
 
@@ -120,9 +155,6 @@ class PredictionsSource:
             "predictions_sha256": sources[files[0]] if len(files) == 1 else sources,
         }
 
-    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
-        return (ShardEstimates(path) for path in shards)  # looked up where it is processed
-
     def for_shard(self, shard_path: Path) -> Estimates:
         store = self.store()
         return Estimates(store.as_mapping(), integer_keys=True, many=_store_lookup(store))
@@ -147,32 +179,23 @@ def _store_lookup(store) -> Callable[[Sequence[str]], list[np.ndarray | None]]:
 class ModelSource:
     """A pose model from local weights (`--estimator NAME --checkpoint PATH`).
 
-    One `estimate_samples` stream runs over all shards of the run, so its crop/decode worker
-    processes start once; results are cut back into shards as they arrive (in input order).
+    The model runs where the shard is cleaned, block by block of the one streaming pass
+    (`ModelEstimates`): `--workers 0` in this process, `--workers N` in N worker processes
+    that each build their own replica on the same device (spawned: CUDA cannot be used in a
+    forked child). This process builds it once anyway: for the provenance (the fingerprint
+    needs it) and to refuse bad weights or options before any work; it frees it before the
+    workers start (`release`), so only the N replicas hold device memory.
     """
 
-    def __init__(self, settings: RefineSettings) -> None:
-        from fdhclean.estimators import build_estimator
-        from fdhclean.estimators.topdown import FDH_FRAME
+    spawn = True
 
+    def __init__(self, settings: RefineSettings, *, build: bool = True) -> None:
         self.settings = settings
-        try:
-            self.estimator = build_estimator(
-                settings.estimator,
-                checkpoint=settings.checkpoint,
-                checkpoint_sha256=settings.checkpoint_sha256,
-                device=_device_for_rank(settings.device),
-                batch_size=settings.batch_size,
-                flip_test=settings.flip_test,
-                **{"frame": FDH_FRAME, **settings.estimator_kwargs()},
-            )
-        except TypeError as exc:  # an --estimator-option the backend does not take
-            raise ValueError(
-                f"--estimator {settings.estimator} refuses the options "
-                f"{list(settings.estimator_options)}: {exc}"
-            ) from None
+        self.estimator = _build_model(settings) if build else None
+        # kept apart from the estimator, which `release` frees
+        self._provenance = self._describe() if build else None
 
-    def provenance(self) -> dict[str, Any]:
+    def _describe(self) -> dict[str, Any]:
         # how the numbers were made (dtype, decoding, frame...): the estimator says (its
         # Protocol); backend options only when given, so runs without keep their fingerprint
         options = self.settings.estimator_kwargs() if self.settings.estimator_options else None
@@ -182,73 +205,114 @@ class ModelSource:
             **({"options": options} if options else {}),
         }
 
-    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
+    def provenance(self) -> dict[str, Any]:
+        if self._provenance is None:
+            self._provenance = self._describe()
+        return self._provenance
+
+    def for_shard(self, shard_path: Path) -> ModelEstimates:
+        if self.estimator is None:  # a worker whose `start_worker` was not called
+            self.estimator = _build_model(self.settings)
+        return ModelEstimates(self.estimator, self.settings.batch_size)
+
+    def for_workers(self) -> ModelSource:
+        """What a worker process gets: the settings, not the model (each builds its own)."""
+        return ModelSource(self.settings, build=False)
+
+    def start_worker(self, workers: int) -> None:
+        """Build this worker's replica; on the CPU, share torch's threads among the `workers`
+        replicas (each would otherwise take them all: oversubscription). Torch's own default
+        (the cores it sees, or $OMP_NUM_THREADS) is divided, so one worker keeps the threads
+        of `--workers 0`; the float bits of a CPU model depend on its thread count."""
+        if _on_cpu(self.settings.device):
+            import torch
+
+            torch.set_num_threads(max(1, torch.get_num_threads() // max(1, workers)))
+        self.estimator = _build_model(self.settings)
+
+    def release(self) -> None:
+        """Free this process's model (device memory included) before the workers start."""
+        import gc
+
+        if self.estimator is None:
+            return
+        self.estimator = None
+        gc.collect()
+        if not _on_cpu(self.settings.device):
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class ModelEstimates:
+    """One shard's estimates from a model, computed block by block as the shard streams: the
+    `ok` samples of a block already carry their person box (`Sample.box`, decoded from E_mask /
+    mask by `decode_sample`: the box `estimators.inputs.decode_for_pose` gives), so only
+    `image.png` is decoded here. Consecutive ok samples of the block go to the model in
+    batches of `batch_size`. A sample whose image does not decode, or that the estimator
+    fails on, has no estimate (reported `no-estimate`, as a missing prediction)."""
+
+    estimator: PoseEstimator
+    batch_size: int
+    normalized: bool = False
+
+    def for_samples(self, samples: Sequence[Sample]) -> list[np.ndarray | None]:
+        from fdhclean.decode import decode_image
         from fdhclean.estimators import estimate_samples
+        from fdhclean.fdh import MEMBER_IMAGE
 
-        plan: deque[_Pending] = deque()  # shards being read / estimated, in order
+        found: list[np.ndarray | None] = [None] * len(samples)
+        inputs, where = [], []
+        for i, s in enumerate(samples):
+            try:
+                image = decode_image(s.raw.get(MEMBER_IMAGE))
+            except (KeyError, ValueError):
+                continue  # no estimate: `missing_reason`
+            inputs.append((s.key, image, np.asarray(s.box)))
+            where.append(i)
         stream = estimate_samples(
-            self.estimator,
-            _raw_pose_samples(shards, plan),
-            batch_size=self.settings.batch_size,
-            workers=max(1, self.settings.workers),
-            progress=False,
+            self.estimator, inputs, batch_size=self.batch_size, workers=0, progress=False
         )
-        for key, keypoints in stream:
-            yield from _finished(plan)
-            entry = plan[0]
-            if keypoints is not None:  # None: the estimator failed -> no-estimate
-                entry.found[key] = keypoints
-            entry.received += 1
-            yield from _finished(plan)  # hand a complete shard to the voters at once
-        yield from _finished(plan)
+        for i, (_key, keypoints) in zip(where, stream, strict=True):
+            found[i] = keypoints
+        return found
 
-    def for_shard(self, shard_path: Path) -> Estimates:
-        item = next(iter(self.estimates([shard_path])))
-        if item.error is not None:
-            raise ValueError(item.error)
-        return item.estimates
-
-    def for_workers(self) -> None:
-        return None  # workers never estimate: the model stays in this process
+    def missing_reason(self, key: str) -> str:
+        return _NO_PREDICTION  # what the report has always said for these
 
 
-@dataclass
-class _Pending:
-    """A shard in the estimator's stream: samples sent, results received."""
+def _build_model(settings: RefineSettings) -> PoseEstimator:
+    from fdhclean.estimators import build_estimator
+    from fdhclean.estimators.topdown import FDH_FRAME
 
-    path: Path
-    sent: int = 0
-    received: int = 0
-    read: bool = False  # every sample of it has been sent
-    error: str | None = None
-    found: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _raw_pose_samples(shards: list[Path], plan: deque) -> Iterator[tuple[str, dict, None]]:
-    """Raw pose members of every sample, streamed shard by shard (decoded in the estimator's
-    workers); a shard that cannot be read carries its error once its sent samples are back."""
-    from fdhclean.estimators.inputs import pose_members
-    from fdhclean.shards import ShardReadError, iter_shard
-
-    for path in shards:
-        entry = _Pending(path)
-        plan.append(entry)
-        try:
-            for s in iter_shard(path):
-                entry.sent += 1
-                yield s.key, pose_members(s.find, s.get), None
-        except ShardReadError as exc:
-            entry.error = str(exc)
-        entry.read = True
+    try:
+        return build_estimator(
+            settings.estimator,
+            checkpoint=settings.checkpoint,
+            checkpoint_sha256=settings.checkpoint_sha256,
+            device=_device_for_rank(settings.device),
+            batch_size=settings.batch_size,
+            flip_test=settings.flip_test,
+            **{"frame": FDH_FRAME, **settings.estimator_kwargs()},
+        )
+    except TypeError as exc:  # an --estimator-option the backend does not take
+        raise ValueError(
+            f"--estimator {settings.estimator} refuses the options "
+            f"{list(settings.estimator_options)}: {exc}"
+        ) from None
+    except FileNotFoundError as exc:  # weights missing or incomplete: a setting, not OUT's disk
+        raise ValueError(str(exc)) from None
 
 
-def _finished(plan: deque) -> Iterator[ShardEstimates]:
-    while plan and plan[0].read and plan[0].received == plan[0].sent:
-        entry = plan.popleft()
-        if entry.error is not None:
-            yield ShardEstimates(entry.path, error=entry.error)
-        else:
-            yield ShardEstimates(entry.path, Estimates(entry.found))
+def _on_cpu(device: str) -> bool:
+    """Whether the model of this process runs on the CPU (`auto`: when no GPU is visible)."""
+    device = _device_for_rank(device)
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
 
 
 def _device_for_rank(device: str) -> str:
@@ -263,7 +327,7 @@ def _device_for_rank(device: str) -> str:
     return f"cuda:{int(local_rank)}" if torch.cuda.is_available() else "cpu"
 
 
-class ReportEstimates:
+class ReportEstimates(_SharedSource):
     """`fdhclean revote`: the raw estimates a cleaned split's report kept (`new_keypoints`),
     handed on normalised and unchanged (float64), so the vote replays exactly."""
 
@@ -279,9 +343,6 @@ class ReportEstimates:
             "report": str(self.split_dir / "report"),
             "parent_estimator": parent["provenance"].get("estimator"),
         }
-
-    def estimates(self, shards: list[Path]) -> Iterator[ShardEstimates]:
-        return (ShardEstimates(path) for path in shards)  # read where the shard is processed
 
     def for_shard(self, shard_path: Path) -> Estimates:
         from fdhclean.refine.originals import read_parent_rows

@@ -3,9 +3,8 @@
 Scale-out: shards are split by rank/world size (`--rank/--world-size` or torchrun's RANK /
 WORLD_SIZE), so a SLURM array or torchrun scales it out. Resume: rerun the same command; shards
 with a completion marker written under the same settings are skipped. The run that completes
-the split's last shard writes the manifest (`finalize`). With `--workers N`, N processes vote
-and write shards while the main process runs the estimator (or, with precomputed predictions,
-the N processes do all the work).
+the split's last shard writes the manifest (`finalize`). With `--workers N`, N processes each
+clean whole shards end to end (with a model, each runs its own replica of it on the device).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -216,15 +216,28 @@ def _changed_settings(previous: dict[str, Any], record: dict[str, Any]) -> str:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(split_out: Path, ctx: VoteContext, source: EstimateSource, parent: int) -> None:
+class WorkerSetupError(ValueError):
+    """A worker process could not set up its source (e.g. build its estimator): the run
+    stops with that message, as when this process could not (exit 2)."""
+
+
+def _init_worker(
+    split_out: Path, ctx: VoteContext, source: EstimateSource, parent: int, workers: int
+) -> None:
     become_worker(parent)
-    _WORKER_STATE.update(split_out=split_out, ctx=ctx, source=source)
+    _WORKER_STATE.update(split_out=split_out, ctx=ctx, source=source, error=None)
+    try:
+        source.start_worker(workers)
+    except Exception as exc:  # noqa: BLE001 - raised again with each task (see _worker_task)
+        # an initializer that raises breaks the whole pool with a message naming no cause
+        _WORKER_STATE["error"] = str(exc) or type(exc).__name__
 
 
-def _worker_task(shard_path: Path, estimates) -> ShardResult:
+def _worker_task(shard_path: Path) -> ShardResult:
     state = _WORKER_STATE
-    if estimates is None:
-        estimates = state["source"].for_shard(shard_path)
+    if state["error"] is not None:
+        raise WorkerSetupError(state["error"])
+    estimates = state["source"].for_shard(shard_path)
     return process_shard(shard_path, state["split_out"], state["ctx"], estimates)
 
 
@@ -233,53 +246,49 @@ def _run_shards(
 ) -> Iterator[ShardDone]:
     """Yield how each shard ended, as shards finish; one bad shard fails alone.
 
-    Estimates come shard by shard from `source.estimates(todo)` (`ShardEstimates`): ready
-    where a model produced them in this process, an error where the shard could not be
-    estimated, or neither: looked up where the shard is processed (`source.for_shard`).
+    Each shard is cleaned end to end where it is processed (`source.for_shard`: estimates
+    looked up, or a model run, block by block of the one pass over the shard): in this
+    process, or in `workers` worker processes.
     """
-    tasks = source.estimates(todo)
     if workers <= 0:
-        for task in tasks:
-            if task.error is not None:
-                yield ShardDone(task.path, error=task.error)
-                continue
+        for path in todo:
             try:
-                estimates = task.estimates or source.for_shard(task.path)
-                result = process_shard(task.path, split_out, ctx, estimates)
-                yield ShardDone(task.path, result=result)
+                result = process_shard(path, split_out, ctx, source.for_shard(path))
+                yield ShardDone(path, result=result)
             except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
-                yield _shard_error(task.path, exc)
+                yield _shard_error(path, exc)
         return
-    yield from _run_pool(tasks, todo, split_out, ctx, source, workers)
+    yield from _run_pool(todo, split_out, ctx, source, workers)
 
 
-def _run_pool(tasks, todo, split_out, ctx, source, workers: int) -> Iterator[ShardDone]:
-    """Shard-parallel: workers vote and write while this process runs the model (if any)."""
-    initargs = (split_out, ctx, source.for_workers(), os.getpid())
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs)
+def _run_pool(todo, split_out, ctx, source: EstimateSource, workers: int) -> Iterator[ShardDone]:
+    """Shard-parallel: each worker cleans whole shards (with a model: its own replica)."""
+    initargs = (split_out, ctx, source.for_workers(), os.getpid(), workers)
+    source.release()  # a model: only the workers' replicas hold device memory from now on
+    # CUDA cannot be used in a forked child; forking is cheaper where no model is involved
+    mp_context = multiprocessing.get_context("spawn" if source.spawn else None)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=mp_context, initializer=_init_worker, initargs=initargs
+    )
     try:
         pending: list[tuple[Path, Future]] = []
         seen: set[Path] = set()
-        for task in tasks:
-            if task.error is not None:
-                seen.add(task.path)
-                yield ShardDone(task.path, error=task.error)
-                continue
+        for path in todo:
             try:
-                future = pool.submit(_worker_task, task.path, task.estimates)
-            except BrokenProcessPool:  # a worker died: fail the rest, estimate no more
-                seen.add(task.path)
-                yield ShardDone(task.path, error=_POOL_DIED)
+                future = pool.submit(_worker_task, path)
+            except BrokenProcessPool:  # a worker died: fail the rest
+                seen.add(path)
+                yield ShardDone(path, error=_POOL_DIED)
                 break
-            seen.add(task.path)
-            pending.append((task.path, future))
+            seen.add(path)
+            pending.append((path, future))
             while len(pending) > workers + 1 or (pending and pending[0][1].done()):
                 yield _collect(*pending.pop(0))
         for item in pending:
             yield _collect(*item)
         for path in (p for p in todo if p not in seen):  # left after the pool broke
             yield ShardDone(path, error=_POOL_DIED)
-    except BaseException:  # interrupted (or the caller stopped): abandon, never wait
+    except BaseException:  # interrupted, a worker without its estimator: abandon, never wait
         kill_workers(pool)
         raise
     pool.shutdown(wait=True)
@@ -288,6 +297,8 @@ def _run_pool(tasks, todo, split_out, ctx, source, workers: int) -> Iterator[Sha
 def _collect(path: Path, future: Future) -> ShardDone:
     try:
         return ShardDone(path, result=future.result())
+    except WorkerSetupError:  # not this shard's fault: every shard would fail so; stop the run
+        raise
     except Exception as exc:  # noqa: BLE001 - recorded per shard, exit code non-zero
         return _shard_error(path, exc)
 

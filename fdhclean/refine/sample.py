@@ -1,9 +1,10 @@
 """The one record type of the refine chain, and the decode step that fills it.
 
 Decoding reads only what the vote needs: `keypoints.npy`, `vertices.npy`, `E_mask.png`, and
-`mask.png` only when E_mask is empty (for the person box). The image is never decoded here; an
-estimator decodes it on its own workers. A sample that cannot be voted gets a status code
-(refine-spec section 4) and is later copied unchanged.
+`mask.png` only when E_mask is empty (for the person box). The image is never decoded here: with
+a model, `refine.estimates.ModelEstimates` decodes it for the `ok` samples, at this `Sample.box`.
+A sample that cannot be voted gets a status code (refine-spec section 4) and is later copied
+unchanged.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from fdhclean.fdh import (
     UNITS_NORMALIZED,
     UNITS_PIXELS,
 )
-from fdhclean.refine.estimates import Estimates
+from fdhclean.refine.estimates import BlockEstimates, Estimates
 from fdhclean.refine.lock import shard_lock
 from fdhclean.refine.originals import OriginalSource, ShardOriginals, StoredOriginals
 from fdhclean.refine.report import write_report
@@ -98,9 +98,10 @@ def process_shard(
     shard_path: Path,
     split_out: Path,
     ctx: VoteContext,
-    estimates: Estimates | Mapping[str, np.ndarray],
+    estimates: BlockEstimates | Mapping[str, np.ndarray],
 ) -> ShardResult:
-    """Clean one shard. `estimates`: key -> (17,3) pixel coordinates + score (missing = none).
+    """Clean one shard. `estimates`: asked per block (a model runs inside this one pass), or a
+    plain mapping key -> (17,3) pixel coordinates + score (missing = none).
 
     Raises `ShardReadError` when the shard cannot be read; per-sample problems become status
     codes in the report instead.
@@ -210,14 +211,15 @@ def units_warning(decision: UnitsDecision) -> str:
     )
 
 
-def attach_estimates(samples: Sequence[Sample], estimates: Estimates | Mapping) -> None:
-    """Attach normalised float64 estimates (pixels / (W, H); a revote's come normalised
-    already, so the report's values are replayed exactly). A plain mapping is pixels."""
-    if not isinstance(estimates, Estimates):
+def attach_estimates(samples: Sequence[Sample], estimates: BlockEstimates | Mapping) -> None:
+    """Attach normalised float64 estimates of a block's `ok` samples (pixels / (W, H); a
+    revote's come normalised already, so the report's values are replayed exactly). A plain
+    mapping is pixels."""
+    if isinstance(estimates, Mapping):
         estimates = Estimates(estimates)
     scale = 1.0 if estimates.normalized else np.array([IMAGE_W, IMAGE_H, 1.0])
     ok = [s for s in samples if s.status == STATUS_OK]
-    for s, est in zip(ok, estimates.get_many([s.key for s in ok]), strict=True):
+    for s, est in zip(ok, estimates.for_samples(ok), strict=True):
         if est is None:
             s.fail(STATUS_NO_ESTIMATE, estimates.missing_reason(s.key))
             continue
