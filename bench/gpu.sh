@@ -32,8 +32,12 @@ else PY=python3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 # What the suite imports. The device machine's image lacks some (its KINDS.md list; no network
-# there): wheels carried in .whl/ (docs/notes/gpu.md says how to fetch them) go into a scratch
-# site first.
+# there): wheels carried in .whl/ go into a scratch site first. Fetch them on a machine with
+# PyPI, for the device's Python (3.12 there), e.g.:
+#   pip download -d .whl --only-binary :all: --python-version 3.12 \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+#     webdataset pycocotools trimesh open_clip_torch av
+# and leave them in .whl/ (untracked files travel to the device machine; 64 MiB in all).
 NEED="torch torchvision transformers safetensors timm open_clip pyarrow pandas scipy PIL rich
   webdataset pycocotools trimesh av matplotlib pytest"
 missing() {
@@ -50,7 +54,7 @@ if [ -n "$MISSING" ] && compgen -G ".whl/*.whl" >/dev/null; then
 fi
 if [ -n "$MISSING" ]; then
   echo "bench/gpu.sh: $PY cannot import: $MISSING. Fix: bash scripts/setup.sh, or carry their" \
-    "wheels in .whl/ (docs/notes/gpu.md)" >&2
+    "wheels in .whl/ (the header of bench/gpu.sh says how)" >&2
   exit 2
 fi
 if [ "$SMOKE" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
