@@ -79,15 +79,20 @@ def _validity(valid: np.ndarray) -> pa.Buffer | None:
 
 
 def to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The values of a numeric (or fixed-size list of numeric) column without nulls, as numpy:
-    a read-only view of a single chunk, else one concatenated copy. (N, size) for lists."""
+    """The values of a numeric (or fixed-size list of numeric) column without nulls, as a
+    read-only numpy array (as pyarrow's `to_numpy` gives): a view of a single chunk, else one
+    concatenated copy. (N, size) for lists."""
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
-    parts = [_chunk_numpy(chunk) for chunk in chunks]
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return _chunk_numpy(pa.Array.from_buffers(array.type, 0, [None, None]))
-    return np.concatenate(parts)
+    parts = [_chunk_numpy(chunk) for chunk in chunks] or [_empty(array.type)]
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    out.flags.writeable = False  # a view may share the table's memory (a cached row group)
+    return out
+
+
+def _empty(type_: pa.DataType) -> np.ndarray:
+    if pa.types.is_fixed_size_list(type_):
+        return np.zeros((0, type_.list_size), _NUMPY[type_.value_type])
+    return np.zeros(0, _NUMPY[type_])
 
 
 def _chunk_numpy(chunk: pa.Array) -> np.ndarray:

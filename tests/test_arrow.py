@@ -80,6 +80,9 @@ def test_to_numpy_and_strings_read_slices_and_chunks():
     assert to_strings(pa.chunked_array([texts.slice(1, 7), texts.slice(9)])) == (
         texts.to_pylist()[1:8] + texts.to_pylist()[9:]
     )
+    assert not to_numpy(lists).flags.writeable  # (may share a cached row group's memory)
+    assert not to_numpy(chunked).flags.writeable
+    assert to_numpy(pa.chunked_array([], type=lists.type)).shape == (0, 3)
     with pytest.raises(ValueError, match="nulls"):
         to_numpy(pa.array([1, None], type=pa.int64()))
 

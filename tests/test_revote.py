@@ -189,3 +189,19 @@ def test_sigterm_during_revote_exits_143_without_traceback(run, tmp_path, capsys
     assert revote(run, tmp_path / "rv") == 128 + signal.SIGTERM
     assert "interrupted by SIGTERM" in capsys.readouterr().out
     assert not list((tmp_path / "rv" / "val").glob("out-*.tar"))
+
+
+def test_a_split_with_an_empty_shard_revotes(synth_copy, tmp_path):
+    """An empty shard's report has no rows, hence no units to keep: the revote keeps refine's
+    rule for a shard without votes (it failed with `mixes keypoint units []`)."""
+    from fdhclean.shards import ShardWriter
+
+    with ShardWriter(synth_copy / "val" / "out-000001.tar"):
+        pass  # no samples
+    args = ["refine", "--split", "val", "--data-root", str(synth_copy), "--out"]
+    args += [str(tmp_path / "clean"), "--part-table", str(synth_copy / "parts.npz")]
+    assert main([*args, "--predictions", str(synth_copy / "predictions_val.json")]) == 0
+    split = tmp_path / "clean" / "val"
+    assert revote(split, tmp_path / "again", "--tie-policy", "original") == 0
+    marker = json.loads((tmp_path / "again" / "val" / ".done" / "out-000001.json").read_text())
+    assert (marker["samples"], marker["keypoint_units"]) == (0, "normalized")

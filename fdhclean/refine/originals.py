@@ -127,6 +127,8 @@ class _ReportShard:
         self.shard_path = shard_path
         self.rows = list(rows.items())  # in the report's (= the shard's) order
         units_seen = {row["keypoint_units"] for row in rows.values()}
+        if not units_seen:  # an empty shard: no sample, so no units to keep (refine's rule
+            units_seen = {UnitsTally().decision().units}  # without votes decides the same)
         if len(units_seen) != 1:
             raise ValueError(f"report of {shard_path} mixes keypoint units {sorted(units_seen)}")
         self.units = UnitsDecision(units_seen.pop(), basis="report")  # the parent decided
