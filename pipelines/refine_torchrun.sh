@@ -3,6 +3,8 @@
 # WORLD_SIZE (set by torchrun), takes its share of the shards and runs the estimator on
 # cuda:LOCAL_RANK. The process that completes the last shard writes the manifest; if ranks of
 # several nodes finish apart, run `fdhclean finalize OUT --split S` afterwards. Rerun to resume.
+# WORKERS_PER_GPU = ViTPose replicas per GPU (each a process that cleans whole shards; see
+# refine_slurm.sh for their memory and CPU): size it to the node's cores / GPUs.
 #
 #   one node, 8 GPUs:  bash pipelines/refine_torchrun.sh train
 #   several nodes:     NNODES=4 NODE_RANK=<0..3> MASTER_ADDR=<host> bash pipelines/refine_torchrun.sh train

@@ -142,6 +142,39 @@ def test_a_worker_that_cannot_build_the_estimator_fails_the_run(
     assert not any((out / "val" / ".done").glob("*.json"))
 
 
+def test_a_worker_refuses_weights_changed_since_the_run_loaded_them(
+    synth_root, tiny_vitpose, tmp_path, capsys, monkeypatch
+):
+    """The run records the sha256 of the weights the main process loaded; a replica built
+    from other weights (replaced in between) would make keypoints nobody recorded: refused."""
+    import torch
+
+    from fdhclean.refine.estimates import ModelSource
+
+    checkpoint, model = tmp_path / "weights", tiny_vitpose[1]
+    shutil.copytree(tiny_vitpose[0], checkpoint)
+    other = tmp_path / "other"
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+        model.save_pretrained(other)
+        for parameter in model.parameters():
+            parameter.sub_(0.01)  # (the session's fixture, as it was)
+    release = ModelSource.release
+
+    def release_then_replace_the_weights(self):
+        release(self)
+        for path in other.glob("*.safetensors"):
+            shutil.copy(path, checkpoint / path.name)
+
+    monkeypatch.setattr(ModelSource, "release", release_then_replace_the_weights)
+    out = tmp_path / "out"
+    assert refine(synth_root, out, *_model(checkpoint, "--workers", "1")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "checkpoint sha256 mismatch" in err and "Traceback" not in err
+    assert not any((out / "val" / ".done").glob("*.json"))
+
+
 def test_weights_that_are_not_a_checkpoint_are_a_setting_error(
     synth_root, tiny_vitpose, tmp_path, capsys
 ):
@@ -196,3 +229,22 @@ def test_a_dead_model_worker_fails_its_shards_with_the_usual_message(
     assert "a worker process died (out of memory?); rerun to resume" in err
     assert "Traceback" not in err
     assert _gone(workers)
+
+
+def test_blocks_hold_a_whole_model_batch(synth_root, tiny_vitpose, tmp_path, monkeypatch):
+    """Model batches are cut from a block's samples, so a block holds at least --batch-size
+    samples (a --batch-size above the block size was silently capped by it)."""
+    from fdhclean.refine import shard_task
+    from fdhclean.refine.estimates import ModelEstimates
+
+    sizes: list[int] = []
+    for_samples = ModelEstimates.for_samples
+    monkeypatch.setattr(
+        ModelEstimates, "for_samples", lambda self, s: sizes.append(len(s)) or for_samples(self, s)
+    )
+    monkeypatch.setattr(shard_task, "CHUNK", 5)
+    args = _model(tiny_vitpose[0], "--workers", "0")
+    at = args.index("--batch-size")
+    args[at + 1] = "12"
+    assert refine(synth_root, tmp_path / "out", *args) == 0
+    assert sizes and set(sizes) == {12}  # each 12-sample shard in one block, not 5 + 5 + 2

@@ -10,7 +10,7 @@ once, E_mask decoded once).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +36,7 @@ class Estimates:
     # keys -> their estimates (None: none) in one call, where the source has a faster way
     # than one `lookup.get` per key (a prediction store: one search per block of keys)
     many: Callable[[Sequence[str]], list[np.ndarray | None]] | None = None
+    batch_size: int = 0  # `BlockEstimates`: no model batches
 
     def get(self, key: str) -> np.ndarray | None:
         return self.lookup.get(key)
@@ -66,6 +67,7 @@ class BlockEstimates(Protocol):
     none (`missing_reason` says why, for the report)."""
 
     normalized: bool
+    batch_size: int  # a model's batch (blocks hold at least this many samples); 0: none
 
     def for_samples(self, samples: Sequence[Sample]) -> list[np.ndarray | None]: ...
 
@@ -184,7 +186,8 @@ class ModelSource:
     that each build their own replica on the same device (spawned: CUDA cannot be used in a
     forked child). This process builds it once anyway: for the provenance (the fingerprint
     needs it) and to refuse bad weights or options before any work; it frees it before the
-    workers start (`release`), so only the N replicas hold device memory.
+    workers start (`release`), so only the N replicas hold model memory on the device (this
+    process keeps its CUDA context).
     """
 
     spawn = True
@@ -216,18 +219,21 @@ class ModelSource:
         return ModelEstimates(self.estimator, self.settings.batch_size)
 
     def for_workers(self) -> ModelSource:
-        """What a worker process gets: the settings, not the model (each builds its own)."""
-        return ModelSource(self.settings, build=False)
+        """What a worker process gets: the settings, not the model (each builds its own),
+        pinned to the sha256 of the weights this process loaded, which the run records: a
+        replica refuses weights changed since (`checkpoint sha256 mismatch`, exit 2)."""
+        sha256 = self.provenance().get("weights_sha256") or self.settings.checkpoint_sha256
+        return ModelSource(replace(self.settings, checkpoint_sha256=sha256), build=False)
 
     def start_worker(self, workers: int) -> None:
-        """Build this worker's replica; on the CPU, share torch's threads among the `workers`
-        replicas (each would otherwise take them all: oversubscription). Torch's own default
-        (the cores it sees, or $OMP_NUM_THREADS) is divided, so one worker keeps the threads
-        of `--workers 0`; the float bits of a CPU model depend on its thread count."""
-        if _on_cpu(self.settings.device):
-            import torch
+        """Build this worker's replica, sharing torch's CPU threads among the `workers`
+        replicas (each would otherwise take them all: oversubscription, also beside a GPU
+        model, whose replicas crop on the CPU). Torch's own default (the cores it sees, or
+        $OMP_NUM_THREADS) is divided, so one worker keeps the threads of `--workers 0`; the
+        float bits of a CPU model depend on its thread count (README: Scale-out)."""
+        import torch
 
-            torch.set_num_threads(max(1, torch.get_num_threads() // max(1, workers)))
+        torch.set_num_threads(max(1, torch.get_num_threads() // max(1, workers)))
         self.estimator = _build_model(self.settings)
 
     def release(self) -> None:

@@ -167,7 +167,8 @@ def _one_pass(shard_path: Path, split_out: Path, ctx: VoteContext, estimates, or
     reader = ShardReader(shard_path)
     rows: list[dict[str, Any]] = []
     with ShardWriter(tar_path) as writer:
-        for block in _blocks(reader, CHUNK):
+        # a model's batches of --batch-size are cut from a block's samples: never fewer
+        for block in _blocks(reader, max(CHUNK, _batch_size(estimates))):
             samples = [decode_sample(raw, ctx.vertex_parts.shape[0]) for raw in block]
             originals.apply(samples)
             attach_estimates(samples, estimates)
@@ -209,6 +210,10 @@ def units_warning(decision: UnitsDecision) -> str:
         f"{decision.dissent} of {voters} samples with visible keypoints look like {other} "
         f"(|x| or |y| > 1.5 decides pixels); the shard was read as {decision.units}"
     )
+
+
+def _batch_size(estimates: BlockEstimates | Mapping) -> int:
+    return 0 if isinstance(estimates, Mapping) else estimates.batch_size
 
 
 def attach_estimates(samples: Sequence[Sample], estimates: BlockEstimates | Mapping) -> None:
